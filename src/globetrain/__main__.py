@@ -1,0 +1,3 @@
+from globetrain.cli.main import main
+
+raise SystemExit(main())

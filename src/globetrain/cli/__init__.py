@@ -1,0 +1,1 @@
+"""The ``globetrain`` command and its subcommands (one module per subcommand)."""
