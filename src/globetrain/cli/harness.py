@@ -33,13 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=8, help="in-process workers (default 8)")
-    parser.add_argument("--steps", type=int, default=1536, help="inner steps per worker (default 1536)")
+    parser.add_argument("--steps", type=int, default=768, help="inner steps per worker (default 768)")
     parser.add_argument(
         "--methods",
         default="dense,dgc,diloco,two-step",
         help=f"comma-separated sync methods among {', '.join(method_names())} (default: dense,dgc,diloco,two-step)",
     )
-    parser.add_argument("--inner-steps", type=int, default=32, help="H for methods with local steps (default 32)")
+    parser.add_argument("--inner-steps", type=int, default=16, help="H for methods with local steps (default 16)")
     parser.add_argument("--density", type=float, default=0.01, help="top-k density for two-step (default 0.01)")
     parser.add_argument("--bits", type=int, default=8, help="bits per value for two-step (default 8)")
     parser.add_argument("--partition", choices=["iid", "by-class"], default="iid", help="how data is split (default iid)")

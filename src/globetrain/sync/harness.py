@@ -54,9 +54,13 @@ def run_in_process(
     seed: int = 0,
     eval_every_rounds: int = 0,
     on_round: Callable[[int, int], None] | None = None,
+    config: SyncConfig | None = None,
 ) -> HarnessResult:
-    """Train ``workers`` workers for ``steps`` inner steps each with sync method ``method``."""
-    config = get_method(method).sync_config(base or SyncConfig())
+    """Train ``workers`` workers for ``steps`` inner steps each with sync method ``method``.
+
+    ``config`` bypasses the method's preset (ablations); ``method`` is then only a label.
+    """
+    config = config or get_method(method).sync_config(base or SyncConfig())
     group = InProcessGroup(workers)
     shards = task.shards(workers, partition=partition, classes_per_worker=classes_per_worker, seed=seed)
     models: list[nn.Module] = []

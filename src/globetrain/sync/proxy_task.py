@@ -26,9 +26,9 @@ class ProxyTaskConfig(ConfigSection):
 
     classes: int = field(10, help="number of classes")
     features: int = field(32, help="input dimension")
-    clusters_per_class: int = field(4, help="Gaussian clusters making up each class")
+    clusters_per_class: int = field(8, help="Gaussian clusters making up each class")
     cluster_spread: float = field(1.0, help="std of each cluster relative to the spread of cluster centres")
-    train_samples: int = field(40_000, help="training samples in total (split among workers)")
+    train_samples: int = field(16_000, help="training samples in total (split among workers)")
     test_samples: int = field(4_000, help="held-out samples for accuracy")
     hidden: int = field(256, help="width of the MLP's two hidden layers")
     seed: int = field(0, help="seed of the data and of the initial model")

@@ -176,13 +176,13 @@ def test_in_process_group_averages_weighted_by_samples_and_keeps_globals_identic
 
 def test_state_dict_round_trip_restores_global_model_and_outer_momentum() -> None:
     exchange = ManualExchange()
-    loop = SyncLoop(make_model(), None, exchange, SyncConfig(apply_delay=0, density=0.5))
+    loop = SyncLoop(make_model(), None, exchange, SyncConfig(apply_delay=0, density=0.5, outer_momentum=0.9, nesterov=True))
     nudge(loop.model, torch.Generator().manual_seed(2))
     loop.submit_round()
     exchange.resolve(0)
     loop.apply_due(wait=False)
     state = loop.state_dict()
-    other = SyncLoop(make_model(seed=7), None, ManualExchange(), SyncConfig(apply_delay=0, density=0.5))
+    other = SyncLoop(make_model(seed=7), None, ManualExchange(), SyncConfig(apply_delay=0, density=0.5, outer_momentum=0.9, nesterov=True))
     other.load_state_dict(state)
     assert other.round == loop.round
     for a, b in zip(other.global_params, loop.global_params):

@@ -5,7 +5,11 @@ from globetrain.sync.methods import Method, register
 
 
 def configure(base: SyncConfig) -> SyncConfig:
-    return base.replace(apply_delay=0, density=1.0, bits=32, error_feedback=False, dense_warmup_rounds=0)
+    # DiLoCo's published outer optimizer: SGD lr 0.7 with Nesterov momentum 0.9.
+    return base.replace(
+        apply_delay=0, density=1.0, bits=32, error_feedback=False, dense_warmup_rounds=0,
+        outer_lr=0.7, outer_momentum=0.9, nesterov=True,
+    )
 
 
 METHOD = register(
