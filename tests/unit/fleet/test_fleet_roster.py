@@ -1,0 +1,103 @@
+"""Leader choice is a pure, deterministic function of the roster snapshot and the round."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from globetrain.errors import CorruptPayload
+from globetrain.fleet.config import FleetConfig
+from globetrain.fleet.roster import RosterRecord, leader_candidates, uplink_bucket
+from globetrain.fleet.run import RoundClock
+
+CLOCK = RoundClock(start_time=1_000.0, fleet=FleetConfig(round_period_s=10.0))
+
+
+def record(peer_id: str, **changes) -> RosterRecord:
+    base = RosterRecord(
+        peer_id=peer_id, name=peer_id.lower(), role="device", addresses=(f"/ip4/127.0.0.1/tcp/1/p2p/{peer_id}",),
+        joined_at=900.0, heartbeat_at=1_090.0, alive_until=10_000.0,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+PEERS = [record(f"Peer{i:02d}") for i in range(8)]
+
+
+@given(st.permutations(PEERS), st.integers(0, 1000))
+def test_choice_does_not_depend_on_the_order_of_the_snapshot(order: list[RosterRecord], round_index: int) -> None:
+    assert [r.peer_id for r in leader_candidates(order, round_index, CLOCK)] == [
+        r.peer_id for r in leader_candidates(PEERS, round_index, CLOCK)
+    ]
+
+
+def test_leadership_rotates_among_equals_from_round_to_round() -> None:
+    leaders = {leader_candidates(PEERS, r, CLOCK)[0].peer_id for r in range(60)}
+    assert len(leaders) >= 5
+
+
+def test_best_uplink_bucket_leads() -> None:
+    fast = record("PeerFast", uplink_bucket=12)
+    slow = [record(f"Slow{i}", uplink_bucket=8) for i in range(5)]
+    for round_index in range(20):
+        assert leader_candidates(slow + [fast], round_index, CLOCK)[0].peer_id == "PeerFast"
+
+
+def test_bucket_change_counts_only_from_its_round() -> None:
+    changed = record("PeerFast", uplink_bucket=12, previous_uplink_bucket=5, bucket_from_round=7)
+    others = [record(f"Mid{i}", uplink_bucket=8) for i in range(3)]
+    assert leader_candidates(others + [changed], 6, CLOCK)[0].peer_id != "PeerFast"
+    assert leader_candidates(others + [changed], 7, CLOCK)[0].peer_id == "PeerFast"
+
+
+def test_dead_new_suspected_and_bootstrap_peers_do_not_lead() -> None:
+    round_index = 5  # [1050, 1060)
+    dead = record("Dead", alive_until=1_059.0, uplink_bucket=20)
+    newcomer = record("New", joined_at=1_055.0, uplink_bucket=20)
+    bootstrap = record("Boot", role="bootstrap", uplink_bucket=20)
+    suspect = record("Suspect", uplink_bucket=20)
+    plain = record("Plain", uplink_bucket=1)
+    snapshot = [dead, newcomer, bootstrap, suspect, plain]
+    chosen = leader_candidates(snapshot, round_index, CLOCK, excluded={"Suspect"})
+    assert [r.peer_id for r in chosen] == ["Plain"]
+    with_bootstrap = leader_candidates(snapshot, round_index, CLOCK, bootstrap_may_lead=True, excluded={"Suspect"})
+    assert with_bootstrap[0].peer_id == "Boot"
+    # If nobody has been there a full period, the newcomers may lead rather than nobody.
+    assert leader_candidates([newcomer], round_index, CLOCK)[0].peer_id == "New"
+    assert leader_candidates([dead, bootstrap], round_index, CLOCK) == []
+
+
+def test_uplink_buckets_are_coarse() -> None:
+    assert uplink_bucket(None, 4.0) == -1
+    assert uplink_bucket(1_100_000, 4.0) == uplink_bucket(1_200_000, 4.0)
+    assert uplink_bucket(1_000_000, 4.0) < uplink_bucket(5_000_000, 4.0)
+
+
+def test_record_round_trip_and_refusals() -> None:
+    original = record("PeerA", uplink_bucket=3, state_round=4, active_round=9)
+    assert RosterRecord.from_json(original.to_json()) == original
+    for bad in (b"[]", b"{", original.to_json().replace(b'"device"', b'"king"'),
+                original.to_json().replace(b'"state_round":4', b'"state_round":"4"')):
+        with pytest.raises(CorruptPayload):
+            RosterRecord.from_json(bad)
+
+
+def test_views_that_lag_by_a_round_choose_the_same_leader() -> None:
+    # A peer publishes a bucket change effective two rounds later; a peer still holding the
+    # old record and one holding the new one agree for every round in between.
+    rng = random.Random(3)
+    old = [record(f"P{i}", uplink_bucket=rng.randint(1, 4)) for i in range(6)]
+    mover = old[2]
+    new = list(old)
+    new[2] = dataclasses.replace(
+        mover, previous_uplink_bucket=mover.uplink_bucket, uplink_bucket=9, bucket_from_round=12
+    )
+    for round_index in (10, 11):
+        assert [r.peer_id for r in leader_candidates(old, round_index, CLOCK)] == [
+            r.peer_id for r in leader_candidates(new, round_index, CLOCK)
+        ]
+    assert leader_candidates(new, 12, CLOCK)[0].peer_id == "P2"
