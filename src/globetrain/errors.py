@@ -16,6 +16,10 @@ class CorruptPayload(GlobetrainError, ValueError):
     """A wire payload is malformed; the only exception ``Codec.decode`` raises for bad bytes."""
 
 
+class NonFinitePayload(CorruptPayload):
+    """A well-formed payload whose values include NaN or infinity (a poisoned update)."""
+
+
 class ExchangeFailed(GlobetrainError):
     """An exchange round did not produce an averaged update (timeout, too few peers, ...).
 

@@ -66,7 +66,7 @@ from globetrain.compression.wire import (
     varint_size,
 )
 from globetrain.config import require
-from globetrain.errors import CorruptPayload
+from globetrain.errors import CorruptPayload, NonFinitePayload
 
 ALLOWED_BITS = (2, 4, 8, 16, 32)
 DEFAULT_MAX_ELEMENTS = 1 << 28
@@ -580,7 +580,7 @@ def _decode_record(layout: _RecordLayout) -> SparseTensorUpdate:
         values = _raw_values(layout.value_streams[0], layout.value_format)
     values = _as_received(values, layout.dtype)
     if not _all_finite(values):
-        raise CorruptPayload(f"{what}: values include NaN or infinity (or overflow a {layout.dtype} tensor)")
+        raise NonFinitePayload(f"{what}: values include NaN or infinity (or overflow a {layout.dtype} tensor)")
     index_tensor = None if indices is None else torch.from_numpy(indices.astype(np.int64, copy=False))
     return SparseTensorUpdate(layout.shape, layout.dtype, index_tensor, torch.from_numpy(values))
 

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from globetrain.compression import SparseTensorUpdate
-from globetrain.errors import CorruptPayload
+from globetrain.errors import CorruptPayload, NonFinitePayload
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,4 @@ def non_finite_problem(update: Sequence[SparseTensorUpdate]) -> str | None:
 
 def codec_rejection_reason(error: CorruptPayload) -> str:
     """``non-finite`` for payloads refused for NaN/infinite values, else ``corrupt``."""
-    # The codec reports non-finite values as a CorruptPayload; its message names them.
-    text = str(error)
-    return "non-finite" if "NaN" in text or "infinit" in text else "corrupt"
+    return "non-finite" if isinstance(error, NonFinitePayload) else "corrupt"

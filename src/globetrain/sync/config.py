@@ -69,10 +69,10 @@ class QoSConfig(ConfigSection):
         0.8, help="an exchange must fit in this fraction of the next round's compute time (headroom for jitter)"
     )
     upload_factor: float = field(
-        2.0,
+        1.1,
         help=(
-            "bytes uploaded per round in payloads: ~2 for a butterfly all-reduce of sparse updates "
-            "(own spans out, aggregated span back), set by the exchange in use"
+            "bytes uploaded per round, in payloads: a member of a leader-based exchange sends its "
+            "payload once (+ envelope); use ~2 for a butterfly all-reduce"
         ),
     )
     round_trips: float = field(4.0, help="network round trips per exchange (matchmaking + two phases)")
