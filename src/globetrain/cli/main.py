@@ -21,6 +21,13 @@ from globetrain.errors import GlobetrainError
 # and a heavy dependency of one subcommand (hivemind, PyAV) is not loaded by the others.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "globetrain.cli.harness",
+    "globetrain.cli.simulate",
+    "globetrain.cli.video",
+    "globetrain.cli.train",
+    "globetrain.cli.classify",
+    "globetrain.cli.bootstrap",
+    "globetrain.cli.device",
+    "globetrain.cli.demo",
 )
 
 

@@ -22,6 +22,7 @@ Every round boundary calls ``on_round`` with a plain dict for logs and metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -51,6 +52,7 @@ class RoundDriver:
         stop: threading.Event | None = None,
         on_round: Callable[[dict[str, Any]], None] | None = None,
         max_steps_per_round: int | None = None,
+        contribute_when: Callable[[], bool] | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.node = node
@@ -60,6 +62,8 @@ class RoundDriver:
         self.stop = stop or threading.Event()
         self.on_round = on_round
         self.max_steps_per_round = max_steps_per_round
+        # QoS on a slow link: contribute only every k-th round (listen in between).
+        self.contribute_when = contribute_when
         self.now = now
         self.global_samples = 0
         self.resyncs = 0
@@ -124,7 +128,9 @@ class RoundDriver:
             self._boundary(contribute=self._contributes(), note="")
 
     def _contributes(self) -> bool:
-        return self.train_step is not None and self.loop.steps_in_round > 0
+        if self.train_step is None or self.loop.steps_in_round <= 0:
+            return False
+        return self.contribute_when is None or self.contribute_when()
 
     def _compute_until(self, deadline: float) -> None:
         steps = 0
@@ -187,6 +193,7 @@ class RoundDriver:
                 "inner_steps": report.inner_steps,
                 "samples": report.samples,
                 "payload_bytes": report.payload_bytes,
+                "settings": dataclasses.asdict(report.settings),
                 "applied": [
                     {"round": a.round, "status": a.status, "contributors": a.contributors, "samples": a.samples, "reason": a.reason[:200]}
                     for a in report.applied

@@ -77,6 +77,11 @@ class RosterRecord:
     """``uplink_bucket`` counts for rounds >= this one, ``previous_uplink_bucket`` before."""
     state_round: int = -1
     """Newest round of model state the peer serves (-1: none yet)."""
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    """Bytes the peer's protocol streams moved so far (for the fleet view; not trusted for anything)."""
+    inner_steps: int = 0
+    """Inner steps the peer computed so far (for the fleet view's dense-equivalent bytes)."""
 
     def bucket_for(self, round_index: int) -> int:
         return self.uplink_bucket if round_index >= self.bucket_from_round else self.previous_uplink_bucket
@@ -109,6 +114,9 @@ class RosterRecord:
                 previous_uplink_bucket=_integer(raw["previous_uplink_bucket"]),
                 bucket_from_round=_integer(raw["bucket_from_round"]),
                 state_round=_integer(raw["state_round"]),
+                bytes_sent=_integer(raw["bytes_sent"]),
+                bytes_received=_integer(raw["bytes_received"]),
+                inner_steps=_integer(raw["inner_steps"]),
             )
         except (TypeError, ValueError) as error:
             raise CorruptPayload(f"roster record has an invalid field: {error}") from None

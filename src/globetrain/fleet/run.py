@@ -51,6 +51,7 @@ class RunConfig(ConfigSection):
     method: str = field("two-step", help="sync method name (globetrain.sync.methods)")
     model: dict[str, Any] = field({}, help="model description, interpreted by the process layer (name, sizes, seed)")
     data: dict[str, Any] = field({}, help="data layout, interpreted by the process layer (dataset, sharding)")
+    training: dict[str, Any] = field({}, help="local training (inner optimizer, batch), interpreted by the process layer")
     software_version: str = field(__version__, help="globetrain version of the bootstrap; devices warn on a mismatch")
     run_name: str = field("", help="a human-readable name for logs and reports")
 
@@ -61,6 +62,7 @@ class RunConfig(ConfigSection):
         )
         require(isinstance(self.model, dict), "run", "model", self.model, "a mapping")
         require(isinstance(self.data, dict), "run", "data", self.data, "a mapping")
+        require(isinstance(self.training, dict), "run", "training", self.training, "a mapping")
 
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()

@@ -1,0 +1,104 @@
+"""Adaptive QoS on the fleet's time-based rounds.
+
+``AdaptiveSchedule`` (``globetrain.sync.schedule``) picks H, density and bits so that an
+exchange fits in the compute time of H steps. In the fleet a round is a fixed window of
+T seconds and H is whatever a device computes in it, so this wrapper feeds it the steps
+a round actually yields and turns its choice into what a device can do:
+
+- density and bits: used as chosen, within the run's bounds (the run's ``sync.density``
+  and ``sync.bits`` are the richest a device sends; QoS only goes leaner);
+- H: when even the leanest payload does not fit in one round, the schedule asks for a
+  multiple of a round's steps; the device then contributes every k-th round and only
+  listens in between (its progress stays in its local model and goes with the next
+  contribution), which is "rarer syncs" on time-based rounds.
+
+The budget is what the protocol allows: a contribution must reach the round's leader
+within the collection window (``fleet.collection_window`` x T after the round ends).
+
+Measurements reach the schedule as the median of the last few rounds: one exchange's
+ack timing also includes how long the leader's busy CPU took to answer, so single
+rounds swing by orders of magnitude on a loaded machine (measured on loopback: 0.01 to
+700 Mbit/s in consecutive rounds), while a median follows a lasting change within a
+few rounds and ignores single outliers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections import deque
+from collections.abc import Callable
+
+from globetrain.fleet.config import FleetConfig
+from globetrain.sync.config import QoSConfig, SyncConfig
+from globetrain.sync.schedule import AdaptiveSchedule, RoundObservation, RoundSettings
+
+ROUNDS_PER_CONTRIBUTION_MAX = 8
+"""On the slowest links a device contributes at least every this many rounds."""
+MEASUREMENT_WINDOW = 5
+"""Rounds of uplink and round-trip measurements the schedule sees the median of."""
+
+
+def qos_for_run(sync: SyncConfig, fleet: FleetConfig, base: QoSConfig | None = None) -> QoSConfig:
+    """The QoS bounds of a device in this run: never richer than the run's density and bits."""
+    base = base or QoSConfig()
+    bits = tuple(b for b in base.bits_choices if b <= sync.bits) or (sync.bits,)
+    return base.replace(
+        max_density=sync.density,
+        min_density=min(base.min_density, sync.density),
+        bits_choices=bits,
+        # A contribution must arrive within the collection window; keep a fifth of it spare.
+        fit_fraction=min(base.fit_fraction, 0.8 * fleet.collection_window),
+        min_inner_steps=1,
+        max_inner_steps=max(base.max_inner_steps, 1),
+    )
+
+
+class RoundPeriodSchedule:
+    """A ``RoundSchedule`` for time-based rounds, delegating the choice to ``AdaptiveSchedule``."""
+
+    def __init__(self, sync: SyncConfig, qos: QoSConfig, payload_bytes: Callable[[float, int], int]) -> None:
+        self.sync = sync
+        self.qos = qos
+        self.adaptive = AdaptiveSchedule(sync, qos, payload_bytes)
+        self.recent_steps: deque[int] = deque(maxlen=5)
+        self.recent_uplinks: deque[float] = deque(maxlen=MEASUREMENT_WINDOW)
+        self.recent_rtts: deque[float] = deque(maxlen=MEASUREMENT_WINDOW)
+        self.base_steps = sync.inner_steps
+        """The base H of the latest ``settings_for`` (one round's steps): k rounds per contribution = H / base."""
+
+    def note_round_steps(self, steps: int) -> None:
+        """Inner steps the device computed in one round's window (the driver's H)."""
+        if steps > 0:
+            self.recent_steps.append(steps)
+
+    @property
+    def steps_per_round(self) -> int:
+        if not self.recent_steps:
+            return self.sync.inner_steps
+        return max(1, int(statistics.median(self.recent_steps)))
+
+    def settings_for(self, round_index: int) -> RoundSettings:
+        steps = self.steps_per_round
+        self.base_steps = steps
+        # The schedule's base H is one round's worth of steps; doubling it means rarer syncs.
+        self.adaptive.sync = self.sync.replace(inner_steps=steps)
+        self.adaptive.qos = self.qos.replace(max_inner_steps=max(steps * ROUNDS_PER_CONTRIBUTION_MAX, 1))
+        return self.adaptive.settings_for(round_index)
+
+    def observe(self, observation: RoundObservation) -> None:
+        if observation.uplink_bytes_per_s is not None and observation.uplink_bytes_per_s > 0:
+            self.recent_uplinks.append(observation.uplink_bytes_per_s)
+        if observation.rtt_s is not None and observation.rtt_s >= 0:
+            self.recent_rtts.append(observation.rtt_s)
+        self.adaptive.observe(
+            dataclasses.replace(
+                observation,
+                uplink_bytes_per_s=statistics.median(self.recent_uplinks) if self.recent_uplinks else None,
+                rtt_s=statistics.median(self.recent_rtts) if self.recent_rtts else None,
+            )
+        )
+
+    def rounds_per_contribution(self, settings: RoundSettings) -> int:
+        """Rounds per contribution the latest settings ask for (1 unless the link is too slow)."""
+        return min(max(1, round(settings.inner_steps / max(self.base_steps, 1))), ROUNDS_PER_CONTRIBUTION_MAX)
