@@ -44,8 +44,9 @@ def test_training_touches_only_the_devices_that_owe_steps() -> None:
     changed = [not torch.equal(before[0][d], bank.stacked[0][d]) for d in range(5)]
     assert changed == [False, True, False, False, True]
     assert bank.steps_run == 7
-    # The device's module sees the trained row (its parameters are views).
-    assert torch.equal(next(bank.model(4).parameters()), bank.stacked[0][4])
+    # The device's module sees the trained row (its one flat parameter is a view of it).
+    assert torch.equal(next(bank.model(4).parameters()), bank.flat[4])
+    assert torch.equal(bank.layers(next(bank.model(4).parameters()))[0], bank.stacked[0][4])
 
 
 @settings(max_examples=30)

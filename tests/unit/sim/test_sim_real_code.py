@@ -56,11 +56,11 @@ def test_every_device_submits_and_applies_through_its_own_sync_loop(tiny_fleet, 
     loops = [node.loop for node in nodes]
     assert len({id(loop) for loop in loops}) == 3
     assert all(isinstance(node.exchange, SimExchange) and isinstance(node.exchange, Exchange) for node in nodes)
-    # The loop's parameters are the device's rows of the stacked proxy models.
+    # The loop's parameters are the device's row of the stacked proxy models.
     bank = simulation.context.bank
     for node in nodes:
         first = next(node.loop.model.parameters())
-        assert first.data_ptr() == bank.stacked[0][node.index].data_ptr()
+        assert first.data_ptr() == bank.flat[node.index].data_ptr()
     # Devices in step applied the same aggregates: bit-identical global models.
     for loop in loops[1:]:
         assert all(torch.equal(a, b) for a, b in zip(loops[0].global_params, loop.global_params))
