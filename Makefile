@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test validate fuzz bench clean
+.PHONY: setup demo test validate fuzz soak bench clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,22 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Issue 6's proof on this machine (root needed for the network namespaces): the shaped
+# network with mid-run changes, faults (kills, a dead bootstrap, a full disk, SIGSTOP) and
+# hostile peers. Reports land in benchmarks/results/validation/. Tens of minutes.
+validate: setup
+	$(BIN)/python -m globetrain.validation.shaped
+	$(BIN)/python -m globetrain.validation.faults
+	$(BIN)/python -m globetrain.validation.hostile
+
+# One million inputs into the wire decoder and every message parser (~5 minutes on 2 cores).
+fuzz: setup
+	$(BIN)/python -m globetrain.validation.fuzz --inputs 1000000
+
+# 16 devices for 10 minutes: memory and open files of every process must stay flat.
+soak: setup
+	$(BIN)/python -m globetrain.validation.soak --devices 16 --minutes 10
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py

@@ -163,7 +163,7 @@ def main() -> int:
     keys = ("val_accuracy", "time_to_target_s", "steps", "simulated_seconds", "stopped_by", "bytes_sent_per_device",
             "bytes_sent_per_inner_step", "dense_bytes_per_device", "compute_utilization", "scaling_efficiency",
             "wall_seconds", "wall_guard_hit", "events", "proxy_model", "model_parameters", "codec_estimate_ratio",
-            "peak_rss_bytes")
+            "peak_rss_bytes", "process_wall_seconds", "process_cpu_seconds")
     report["methods"] = {m: {k: s.get(k) for k in keys if k in s} for m, s in summaries.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sim_targets.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -57,8 +57,9 @@ class AggregateInfo:
     def from_json(cls, data: bytes, *, max_contributors: int) -> AggregateInfo:
         try:
             raw = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise CorruptPayload(f"aggregate info is not JSON: {error}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as error:
+            # RecursionError: arrays nested deeper than the interpreter's limit (found by the fuzz).
+            raise CorruptPayload(f"aggregate info is not JSON: {str(error)[:200]}") from None
         if not isinstance(raw, dict) or set(raw) != {f.name for f in dataclasses.fields(cls)}:
             raise CorruptPayload("aggregate info does not have the expected fields")
         contributors = raw["contributors"]
@@ -84,9 +85,17 @@ class AggregateInfo:
             reason=raw["reason"][:500],
             base_round=raw["base_round"],
             base_digest=raw["base_digest"],
-            density=float(raw["density"]),
+            density=_float_in_range(raw["density"]),
             bits=raw["bits"],
         )
+
+
+def _float_in_range(value: int | float) -> float:
+    # float() of a JSON integer beyond 1e308 raises OverflowError (found by the fuzz).
+    try:
+        return float(value)
+    except OverflowError:
+        raise CorruptPayload(f"aggregate density {str(value)[:40]}... is out of range") from None
 
 
 def pack_aggregate(info: AggregateInfo, codec_payload: bytes) -> bytes:

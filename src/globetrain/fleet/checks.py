@@ -44,6 +44,9 @@ from globetrain.errors import CorruptPayload, NonFinitePayload
 log = logging.getLogger(__name__)
 
 RECENT_REJECTIONS = 200
+MAX_SENDERS_TRACKED = 1024
+"""Distinct senders counted one by one; the rest are counted together as ``OTHER_SENDERS``."""
+OTHER_SENDERS = "(other senders)"
 
 
 class RejectionLog:
@@ -70,9 +73,15 @@ class RejectionLog:
         key = f"{kind}/{reason}"
         with self._lock:
             self._counts[key] += 1
-            self._senders.setdefault(sender, collections.Counter())[key] += 1
-            if name:
-                self._sender_names[sender] = name
+            row = sender
+            if row not in self._senders and len(self._senders) >= MAX_SENDERS_TRACKED:
+                # Sender ids of refused messages are the sender's to choose: past the bound,
+                # new ones share one row (the log line below still names each), so a flood
+                # of made-up ids cannot grow memory.
+                row = OTHER_SENDERS
+            self._senders.setdefault(row, collections.Counter())[key] += 1
+            if name and row != OTHER_SENDERS:
+                self._sender_names[row] = name
             self.recent.append(
                 {"kind": kind, "reason": reason, "sender": sender, "name": name, "round": round_index, "detail": detail[:200]}
             )

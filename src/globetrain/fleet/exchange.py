@@ -302,7 +302,8 @@ class FleetExchange(Exchange):
             raise EnvelopeRejected("sender-mismatch", f"reply from {envelope.sender}, expected {expected_sender}")
         try:
             content = json.loads(envelope.payload)
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: arrays nested deeper than the interpreter's limit (found by the fuzz).
             raise CorruptPayload("reply is not JSON") from None
         if not isinstance(content, dict):
             raise CorruptPayload("reply is not a JSON object")

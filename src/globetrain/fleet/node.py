@@ -218,7 +218,7 @@ class FleetNode:
             holders = [record.peer_id for record in records]
             return await download_state(
                 source, holders, shapes=self.shapes, config_digest=self.run_config.digest,
-                timeout=max(deadline - time.monotonic(), 0.1), report=report,
+                timeout=max(deadline - time.monotonic(), 0.1), report=report, rejections=self.rejections,
             )
 
         snapshot = self.peer.call(run(), timeout=budget + 10)

@@ -30,6 +30,7 @@ download state.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import hashlib
 import json
@@ -55,6 +56,8 @@ Role = Literal["device", "bootstrap"]
 MAX_ROSTER_RECORD_BYTES = 16 << 10
 MAX_ADDRESSES = 16
 UNKNOWN_BUCKET = -1
+MAX_BAD_ENTRIES_REMEMBERED = 4096
+"""Bad roster entries remembered so each is counted once (a stranger's flood ages out)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +96,9 @@ class RosterRecord:
     def from_json(cls, data: bytes) -> RosterRecord:
         try:
             raw = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise CorruptPayload(f"roster record is not JSON: {error}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as error:
+            # RecursionError: arrays nested deeper than the interpreter's limit (found by the fuzz).
+            raise CorruptPayload(f"roster record is not JSON: {str(error)[:200]}") from None
         if not isinstance(raw, dict):
             raise CorruptPayload("roster record is not a JSON object")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -118,8 +122,9 @@ class RosterRecord:
                 bytes_received=_integer(raw["bytes_received"]),
                 inner_steps=_integer(raw["inner_steps"]),
             )
-        except (TypeError, ValueError) as error:
-            raise CorruptPayload(f"roster record has an invalid field: {error}") from None
+        except (TypeError, ValueError, OverflowError) as error:
+            # OverflowError: math.isfinite of an integer beyond float range (found by the fuzz).
+            raise CorruptPayload(f"roster record has an invalid field: {str(error)[:200]}") from None
         return record
 
 
@@ -213,7 +218,9 @@ class Roster:
         self._lock = threading.Lock()
         self.records: dict[str, RosterRecord] = {}
         self.suspects: dict[str, float] = {}
-        self._bad_entries: set[bytes] = set()
+        # Fingerprints of bad DHT entries already counted, oldest first. Bounded: anyone can
+        # write DHT entries, so an unbounded set would let a stranger grow our memory.
+        self._bad_entries: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         started = now()
         self.me = RosterRecord(
             peer_id=peer.peer_id,
@@ -355,7 +362,9 @@ class Roster:
             fingerprint = hashlib.sha256(repr((subkey, sealed)).encode()).digest()
             if fingerprint not in self._bad_entries:
                 # Count a bad entry once, not at every refresh that sees it again.
-                self._bad_entries.add(fingerprint)
+                self._bad_entries[fingerprint] = None
+                if len(self._bad_entries) > MAX_BAD_ENTRIES_REMEMBERED:
+                    self._bad_entries.popitem(last=False)
                 reason = getattr(error, "reason", "malformed")
                 sender = getattr(error, "sender", "") or str(subkey)[:64]
                 self.rejections.reject("roster", reason, sender=sender, name=getattr(error, "name", ""), detail=str(error))

@@ -71,11 +71,16 @@ class RunConfig(ConfigSection):
     def from_json(cls, data: bytes) -> RunConfig:
         try:
             parsed = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise CorruptPayload(f"run config is not JSON: {error}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as error:
+            # RecursionError: arrays nested deeper than the interpreter's limit (found by the fuzz).
+            raise CorruptPayload(f"run config is not JSON: {str(error)[:200]}") from None
         if not isinstance(parsed, dict):
             raise CorruptPayload("run config is not a JSON object")
-        return cls.from_dict(parsed)
+        try:
+            return cls.from_dict(parsed)
+        except (TypeError, OverflowError, RecursionError) as error:
+            # A missing required field (TypeError) or an integer beyond float range: found by the fuzz.
+            raise CorruptPayload(f"run config has a missing or out-of-range field: {str(error)[:200]}") from None
 
     @property
     def digest(self) -> str:

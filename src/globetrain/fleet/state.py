@@ -152,8 +152,9 @@ def decode_state(data: bytes, *, shapes: Sequence[tuple[int, ...]], config_diges
         digest = str(header["config_digest"])
         has_momentum = bool(outer["has_momentum"])
         lr, momentum, nesterov, steps = float(outer["lr"]), float(outer["momentum"]), bool(outer["nesterov"]), int(outer["steps"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise CorruptPayload(f"state header is malformed: {error}") from None
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as error:
+        # OverflowError (int(Infinity), float(10**400)) and RecursionError (deep nesting): found by the fuzz.
+        raise CorruptPayload(f"state header is malformed: {str(error)[:200]}") from None
     expected = [tuple(int(d) for d in s) for s in shapes]
     if stated_shapes != expected:
         raise CorruptPayload(f"state is for parameter shapes {stated_shapes[:4]}..., this model has {expected[:4]}...")
@@ -205,8 +206,9 @@ class StateManifest:
                 digest=str(raw["digest"]),
                 config_digest=str(raw["config_digest"]),
             )
-        except (ValueError, KeyError, TypeError) as error:
-            raise CorruptPayload(f"state manifest is malformed: {error}") from None
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as error:
+            # OverflowError (int(Infinity)) and RecursionError (deep nesting): found by the fuzz.
+            raise CorruptPayload(f"state manifest is malformed: {str(error)[:200]}") from None
         if not 0 < manifest.total_bytes <= max_total_bytes or manifest.chunk_bytes < 1:
             raise CorruptPayload(f"state manifest declares {manifest.total_bytes} bytes (bound {max_total_bytes})")
         if len(manifest.chunk_digests) != math.ceil(manifest.total_bytes / manifest.chunk_bytes):
@@ -300,7 +302,10 @@ class StateServer:
             what = json.loads(request.payload)
             if not isinstance(what, dict) or what.get("what") not in ("manifest", "chunk"):
                 raise EnvelopeRejected("malformed", "state request is not {what: manifest|chunk}")
-        except (EnvelopeRejected, ValueError) as error:
+            if what.get("round") is not None and not isinstance(what.get("round"), int):
+                # Was refused silently, neither counted nor logged (found by the fuzz).
+                raise EnvelopeRejected("malformed", f"state request round {str(what.get('round'))[:40]} is not an integer")
+        except (EnvelopeRejected, ValueError, RecursionError) as error:
             self.rejections.reject(
                 "state-request", getattr(error, "reason", "malformed"),
                 sender=getattr(error, "sender", "") or conversation.remote_peer_id,
@@ -308,8 +313,6 @@ class StateServer:
             )
             return
         round_index = what.get("round")
-        if round_index is not None and not isinstance(round_index, int):
-            return
         state = await self.prepared(round_index)
         if state is None:
             answer = seal(self.keys, MessageKind.REPLY, b'{"found": false}', sender=self.me, name=self.name)
@@ -415,9 +418,18 @@ async def download_state(
     config_digest: str | None,
     timeout: float,
     report: DownloadReport | None = None,
+    rejections: RejectionLog | None = None,
 ) -> StateSnapshot:
-    """Download the newest state any of ``holders`` serves; resume from the next on failure."""
+    """Download the newest state any of ``holders`` serves; resume from the next on failure.
+
+    A holder that serves bad bytes (a manifest that does not parse, a chunk off its
+    digest, a state that does not decode) is counted in ``rejections`` as ``state/<reason>``
+    with its peer id and not asked again during this download; a manifest it offered is
+    dropped, so a peer holding the key cannot keep a joiner from the honest peers' state.
+    """
     report = report if report is not None else DownloadReport()
+    distrusted: set[str] = set()
+    manifest_from = ""
     started = time.monotonic()
     deadline = started + timeout
     manifest: StateManifest | None = None
@@ -430,6 +442,8 @@ async def download_state(
         for holder in holders:
             if time.monotonic() >= deadline:
                 break
+            if holder in distrusted:
+                continue
             try:
                 if manifest is None:
                     offered = await source.manifest(holder, None)
@@ -438,7 +452,7 @@ async def download_state(
                     if config_digest is not None and offered.config_digest != config_digest:
                         problems.append(f"{holder}: state of another run config")
                         continue
-                    manifest, chunks = offered, {}
+                    manifest, chunks, manifest_from = offered, {}, holder
                     report.next_round = manifest.next_round
                 else:
                     offered = await source.manifest(holder, manifest.next_round)
@@ -451,7 +465,8 @@ async def download_state(
                         continue
                     data = await source.chunk(holder, manifest.next_round, index, manifest)
                     if data is None:
-                        raise CorruptPayload(f"no longer has chunk {index} of round {manifest.next_round}")
+                        # A peer that moved on is not lying: not counted, asked again later.
+                        raise GlobetrainError(f"no longer has chunk {index} of round {manifest.next_round}")
                     if len(data) != manifest.chunk_size(index) or hashlib.sha256(data).hexdigest() != manifest.chunk_digests[index]:
                         raise CorruptPayload(f"chunk {index} does not match the manifest's digest")
                     chunks[index] = data
@@ -465,7 +480,15 @@ async def download_state(
                 snapshot = decode_state(whole, shapes=shapes, config_digest=config_digest)
                 report.seconds = time.monotonic() - started
                 return snapshot
-            except (TransportError, CorruptPayload, GlobetrainError, OSError) as error:
+            except CorruptPayload as error:
+                # Was only logged at INFO, neither counted nor attributed (found by the hostile run).
+                problems.append(f"{holder}: {error}")
+                distrusted.add(holder)
+                if rejections is not None:
+                    rejections.reject("state", getattr(error, "reason", "corrupt"), sender=holder, detail=str(error))
+                if holder == manifest_from:
+                    manifest, chunks = None, {}
+            except (TransportError, GlobetrainError, OSError) as error:
                 problems.append(f"{holder}: {error}")
                 log.info("state download from %s interrupted (%s); trying another peer", holder, error)
         if not progress and manifest is not None:

@@ -9,6 +9,7 @@ writes a partial report, without a traceback.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,13 +80,23 @@ def test_classify_accepts_the_demo_checkpoint(finished_demo: Path, processes: Pr
 
 
 def test_ctrl_c_ends_every_child_and_writes_a_partial_report(processes: Processes, finished_demo: Path):
-    # The dataset is cached by the first demo, so this one starts its fleet at once.
+    # The dataset is cached by the first demo, so this one starts its fleet at once. Its
+    # folder holds a finished run's outputs (a rerun of `make demo`) and a file of the user's.
     out = processes.directory / "interrupted"
+    shutil.copytree(finished_demo, out)
+    (out / "notes.txt").write_text("mine")
+    old_pids = {record["pid"] for path in (finished_demo / "devices").glob("*/metrics.jsonl") for record in lines(path, "joined")}
+    assert len(old_pids) == 3
     demo = processes.start("demo-interrupted", ["demo", "--preset", "debug", "--devices", "3", "--out", str(out),
                                                 "--time-budget", "600"])
     device_metrics = [out / "devices" / f"device-{index}" / "metrics.jsonl" for index in range(3)]
-    wait_for(lambda: all(lines(path, "round") for path in device_metrics) or not demo.alive(),
-             LIVENESS_TIMEOUT_S, "every device to finish a round")
+
+    def every_new_device_finished_a_round() -> bool:
+        joined = [lines(path, "joined") for path in device_metrics]
+        fresh = all(records and records[0]["pid"] not in old_pids for records in joined)
+        return (fresh and all(lines(path, "round") for path in device_metrics)) or not demo.alive()
+
+    wait_for(every_new_device_finished_a_round, LIVENESS_TIMEOUT_S, "every device to finish a round")
     assert demo.alive(), demo.output()[-3000:]
     started = [lines(path, "joined")[0] for path in device_metrics] + lines(out / "bootstrap" / "metrics.jsonl", "started")
     pids = [record["pid"] for record in started] + [record["daemon_pid"] for record in started]
@@ -102,3 +113,5 @@ def test_ctrl_c_ends_every_child_and_writes_a_partial_report(processes: Processe
     assert "partial report" in (out / "report.md").read_text()
     for path in device_metrics:
         assert lines(path, "finished"), f"{path.parent.name} did not leave cleanly"
+        assert len(lines(path, "joined")) == 1, "the earlier run's metrics were not cleared"
+    assert (out / "notes.txt").read_text() == "mine"

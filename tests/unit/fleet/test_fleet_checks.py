@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from globetrain.compression import Codec
+from globetrain.fleet import checks as checks_module
 from globetrain.fleet.checks import (
     OutlierBound,
     RejectionLog,
@@ -101,3 +102,14 @@ def test_codec_errors_are_classified() -> None:
         Codec(1.0, 32).decode_sparse(b"\x00" * 40)
     except CorruptPayload as error:
         assert codec_rejection_reason(error) == "corrupt"
+
+
+def test_made_up_sender_ids_beyond_the_bound_share_one_row(monkeypatch) -> None:
+    monkeypatch.setattr(checks_module, "MAX_SENDERS_TRACKED", 4)
+    log = RejectionLog()
+    for index in range(50):
+        log.reject("contribution", "bad-tag", sender=f"Made-up-{index}")
+    senders = log.by_sender()
+    assert len(senders) == 5
+    assert senders[checks_module.OTHER_SENDERS]["reasons"] == {"contribution/bad-tag": 46}
+    assert log.total() == 50

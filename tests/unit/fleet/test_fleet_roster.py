@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import types
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from globetrain.errors import CorruptPayload
+from globetrain.fleet import roster as roster_module
+from globetrain.fleet.checks import RejectionLog
 from globetrain.fleet.config import FleetConfig
-from globetrain.fleet.roster import RosterRecord, leader_candidates, uplink_bucket
+from globetrain.fleet.keys import RunKeys
+from globetrain.fleet.roster import Roster, RosterRecord, leader_candidates, uplink_bucket
 from globetrain.fleet.run import RoundClock
 
 CLOCK = RoundClock(start_time=1_000.0, fleet=FleetConfig(round_period_s=10.0))
@@ -101,3 +105,18 @@ def test_views_that_lag_by_a_round_choose_the_same_leader() -> None:
             r.peer_id for r in leader_candidates(new, round_index, CLOCK)
         ]
     assert leader_candidates(new, 12, CLOCK)[0].peer_id == "P2"
+
+
+def test_bad_dht_entries_are_counted_once_and_remembered_in_bounded_memory(monkeypatch) -> None:
+    # Anyone can write DHT entries: a flood of distinct bad ones must not grow memory forever.
+    monkeypatch.setattr(roster_module, "MAX_BAD_ENTRIES_REMEMBERED", 8)
+    peer = types.SimpleNamespace(peer_id="PeerMe", name="me", addresses=())
+    rejections = RejectionLog()
+    roster = Roster(peer, RunKeys.from_run_key(bytes(32)), CLOCK, role="device", rejections=rejections)  # type: ignore[arg-type]
+    assert roster._open("Stranger", b"not an envelope") is None
+    assert roster._open("Stranger", b"not an envelope") is None  # seen again at the next refresh
+    assert rejections.total() == 1
+    for index in range(100):
+        assert roster._open(f"Stranger{index}", b"junk") is None
+    assert rejections.total() == 101
+    assert len(roster._bad_entries) == 8

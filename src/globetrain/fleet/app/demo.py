@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,11 @@ from globetrain.fleet.app.demo_monitor import DemoProgress, FleetMonitor
 from globetrain.fleet.app.demo_presets import PRESETS, DemoPreset
 from globetrain.fleet.app.demo_report import (
     CHECKPOINT_NAME,
+    DEVICE_TIME_PLOT,
     METRICS_NAME,
+    PROGRESS_PLOT,
+    REPORT_NAME,
+    SUMMARY_NAME,
     evaluate_checkpoint,
     pick_checkpoint,
     write_outputs,
@@ -309,10 +314,24 @@ class DemoRun:
 
     # -- everything ----------------------------------------------------------------------------------
 
+    def _clear_previous_run(self) -> None:
+        """Remove what an earlier demo wrote to ``--out``, and nothing else.
+
+        A second ``globetrain demo`` into the same folder must start afresh: the monitor
+        follows the bootstrap's and devices' metrics files (old lines would end the new run
+        at once), and old checkpoints, identities and peers files belong to another run key.
+        Only the demo's own products are removed, so an ``--out`` that holds other files
+        keeps them.
+        """
+        for name in (METRICS_NAME, SUMMARY_NAME, REPORT_NAME, PROGRESS_PLOT, DEVICE_TIME_PLOT, CHECKPOINT_NAME):
+            (self.out / name).unlink(missing_ok=True)
+        for folder in (self.out / "bootstrap", self.out / "devices"):
+            if folder.is_dir():
+                shutil.rmtree(folder)
+
     def run(self) -> int:
         self.out.mkdir(parents=True, exist_ok=True)
-        for stale in (self.out / METRICS_NAME,):
-            stale.unlink(missing_ok=True)
+        self._clear_previous_run()
         env = child_environment(new_run_key())
         monitor: FleetMonitor | None = None
         data_root: Path | None = None
