@@ -90,6 +90,13 @@ def save_checkpoint(path: Path | str, checkpoint: Checkpoint) -> None:
         raise CheckpointError(
             f"could not write checkpoint {path}: {reason}; any previous checkpoint there is unchanged"
         ) from error
+    except RuntimeError as error:
+        # torch's zip writer turns a failed write (a full disk) into a RuntimeError such as
+        # "unexpected pos ..." when it closes the archive; the file is incomplete either way.
+        raise CheckpointError(
+            f"could not write checkpoint {path}: the writer failed ({str(error)[:200]}), most likely a full "
+            "disk; any previous checkpoint there is unchanged"
+        ) from error
     finally:
         if temporary is not None:
             try:

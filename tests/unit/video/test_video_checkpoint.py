@@ -79,6 +79,34 @@ def test_a_full_disk_mid_write_raises_clearly_and_keeps_the_old_checkpoint(tmp_p
     assert sorted(item.name for item in tmp_path.iterdir()) == ["model.pt"]  # no temporary left behind
 
 
+def test_torch_s_own_writer_failing_on_a_full_disk_is_a_checkpoint_error(tmp_path: Path, monkeypatch):
+    # torch's zip writer reports a failed write as a RuntimeError ("unexpected pos ...").
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, _checkpoint(1.0))
+    old_bytes = path.read_bytes()
+    real_serialize = checkpoint_module._serialize
+
+    class FullAfterAKilobyte:
+        def __init__(self, file):
+            self.file, self.written = file, 0
+
+        def write(self, data):
+            if self.written + len(data) > 1024:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += len(data)
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    monkeypatch.setattr(checkpoint_module, "_serialize", lambda payload, file: real_serialize(payload, FullAfterAKilobyte(file)))
+    with pytest.raises(CheckpointError, match="could not write checkpoint.*unchanged"):
+        save_checkpoint(path, _checkpoint(9.0))
+
+    assert path.read_bytes() == old_bytes
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["model.pt"]
+
+
 @pytest.mark.parametrize(
     "damage",
     [
