@@ -10,9 +10,11 @@ place when it rebases onto a new global model).
 
 A device's parameters are one flat vector (the layers are views into it): the sync loop and
 the codec then handle one tensor per device and round instead of one per layer. The codec
-selects top-k over all tensors of a payload together anyway, so what is sent is the same;
-what changes is the per-tensor Python overhead, which dominated a 1000-device run (six
-small tensors cost six encode and decode calls, measured at ~1.4 ms each).
+selects top-k over all tensors of a payload together anyway, so what is sent is nearly the
+same (only the codec's choice to send a tiny bias dense is lost); what changes is the
+per-tensor Python overhead, which dominated a 1000-device run (six small tensors cost six
+encode and decode calls, measured at ~1.4 ms each). Transfer sizes are unaffected: they
+come from the real video model's shapes.
 
 The task is ``globetrain.sync.proxy_task.ProxyTask`` (generated Gaussian-mixture classes,
 the MLP it builds); inputs are standardised by the training set's standard deviation
