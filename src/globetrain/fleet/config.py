@@ -65,13 +65,18 @@ class FleetConfig(ConfigSection):
         ),
     )
     heartbeat_interval: float = field(
-        0.125, help="fraction of T between two roster heartbeats of a peer (announcing it is alive)"
-    )
-    roster_ttl: float = field(
         0.5,
         help=(
+            "fraction of T between two roster heartbeats of a peer (announcing it is alive, and "
+            "reading the others'); each costs a few KB on the wire, so not more often than needed"
+        ),
+    )
+    roster_ttl: float = field(
+        1.25,
+        help=(
             "fraction of T a heartbeat keeps a peer in the roster; a peer silent for longer is "
-            "dead for leader choice (short, so that a dead leader is replaced by the next round)"
+            "dead for leader choice (short, so that a dead leader is replaced within two rounds; "
+            "until then, devices that cannot reach it move on to the next candidate)"
         ),
     )
     max_group_size: int = field(

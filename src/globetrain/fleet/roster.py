@@ -2,8 +2,11 @@
 
 Every peer heartbeats an encrypted ``RosterRecord`` into the DHT under the run's roster
 key (one subkey per peer id), every ``heartbeat_interval`` x T, valid for ``roster_ttl``
-x T. A peer that stops heartbeating (killed, partitioned) drops out of everyone's view
-when its last record expires.
+x T, and reads the roster back at the same pace. Both go straight to the key's nearest
+nodes (``FleetPeer.roster_store``/``roster_read``), not through hivemind's DHT walk, in
+which every node on the way answers with the whole roster. A peer that stops
+heartbeating (killed, partitioned) drops out of everyone's view when its last record
+expires.
 
 Leader choice is a pure function of a roster snapshot and the round (``leader_candidates``):
 
@@ -328,11 +331,15 @@ class Roster:
         sealed = seal(self.keys, MessageKind.ROSTER, record.to_json(), sender=record.peer_id, name=record.name)
         from globetrain.fleet.peer import dht_time
 
-        await self.peer.dht_store(roster_key(self.keys), record.peer_id, sealed, dht_time() + ttl)
+        await self.peer.roster_store(roster_key(self.keys), record.peer_id, sealed, dht_time() + ttl)
         await self.refresh()
 
-    async def refresh(self) -> None:
-        found = await self.peer.dht_get(roster_key(self.keys))
+    async def refresh(self, *, walk: bool = False) -> None:
+        """Read the roster: from the key's nearest node (cheap, every heartbeat), or by
+        walking the DHT and merging every answer (``walk``: a newcomer's first look, which
+        must not miss anyone, e.g. to find a duplicate name)."""
+        key = roster_key(self.keys)
+        found = await (self.peer.dht_get(key) if walk else self.peer.roster_read(key))
         if not isinstance(found, dict):
             return
         fresh: dict[str, RosterRecord] = {}

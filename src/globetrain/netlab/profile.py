@@ -190,7 +190,8 @@ def validation_profile() -> NetworkProfile:
                     delay_ms=5.0, jitter_ms=1.0),
         # LTE gateway at the cell edge on another continent: ~1 Mbit/s up where the signal
         # is weak; ~100 ms of intercontinental path plus ~50 ms of cellular access; radio
-        # scheduling makes it the most jittery.
+        # scheduling makes it the most jittery. Its rate drops tenfold at 60 s too (to
+        # 100 kbit/s, a 3G fallback): there the exchange no longer fits and QoS must act.
         device("dev0", 1.0, 8.0, 150.0, 30.0),
         # LTE in the same region: a few Mbit/s up at moderate signal; 60 ms is typical
         # cellular latency within a continent.
@@ -221,13 +222,15 @@ def validation_profile() -> NetworkProfile:
     changes = (
         # Someone in the household starts an upload / the line retrains: tenfold less rate.
         ProfileChange(at_s=60.0, hosts=("dev3",), uplink_factor=0.1, downlink_factor=0.1),
+        # The cell-edge gateway falls back to 3G: tenfold less rate on an already slow link.
+        ProfileChange(at_s=60.0, hosts=("dev0",), uplink_factor=0.1, downlink_factor=0.1),
         # A backbone route change or congestion: every path's latency (and jitter) doubles.
         ProfileChange(at_s=90.0, delay_factor=2.0, jitter_factor=2.0),
     )
     return NetworkProfile(
         name="validation",
         description="bootstrap + 10 devices, uplinks 1-50 Mbit/s, one-way delays 10-150 ms; "
-        "dev3's rate drops tenfold at 60 s, all delays double at 90 s",
+        "the rates of dev3 (10 Mbit/s) and dev0 (1 Mbit/s) drop tenfold at 60 s, all delays double at 90 s",
         hosts=hosts,
         changes=changes,
     )

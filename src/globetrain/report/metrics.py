@@ -44,7 +44,11 @@ seconds the boundary blocked on exchanges; ``bytes_*``: bytes this device's peer
 or took off the wire since the previous line (exchanges, state served or downloaded,
 envelopes and frames included); ``density``/``bits``: the round's compression settings;
 ``status``: what happened to the exchange applied at this boundary (``applied``,
-``failed``, ``abandoned``, ``diverged``, or ``pending`` when none was due yet)."""
+``failed``, ``abandoned``, ``diverged``, or ``pending`` when none was due yet).
+
+Devices also write ``wire_bytes_sent``/``wire_bytes_received``: every frame their libp2p
+daemon sent or received since the previous line (DHT, libp2p's own traffic, TCP/IP and
+Ethernet headers included), from the kernel's socket counters; null where unavailable."""
 
 
 class MetricsWriter:

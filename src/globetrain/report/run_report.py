@@ -58,6 +58,8 @@ def render_report(summary: Mapping[str, Any], devices: Sequence[Mapping[str, Any
         f"| received per device | {_bytes(summary.get('bytes_received_per_device'))} |",
         f"| dense fp32 all-reduce, same steps | {_bytes(summary.get('dense_bytes_per_device'))} per device"
         + (f" ({ratio:,.0f}x more than sent) |" if ratio else " |"),
+        f"| everything on the wire per device | {_bytes(summary.get('wire_bytes_sent_per_device'))} sent, "
+        f"{_bytes(summary.get('wire_bytes_received_per_device'))} received (DHT, libp2p, TCP/IP headers included) |",
         f"| exchanges | {summary.get('exchanges_succeeded', 0)} applied, {summary.get('exchanges_failed', 0)} failed |",
         f"| time computing | {_percent(summary.get('compute_fraction'))} of the devices' time |",
     ]

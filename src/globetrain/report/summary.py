@@ -37,6 +37,9 @@ class DeviceTotals:
     """Seconds from the start of its first round to its last boundary (sum of ``round_s``)."""
     bytes_sent: int = 0
     bytes_received: int = 0
+    wire_bytes_sent: int | None = 0
+    wire_bytes_received: int | None = 0
+    """All traffic of the device's daemon (None once a line lacked the kernel counters)."""
     exchanges_succeeded: int = 0
     exchanges_failed: int = 0
     contributed_rounds: int = 0
@@ -80,6 +83,18 @@ class FleetTotals:
     def bytes_received_per_device(self) -> float:
         return self._mean(d.bytes_received for d in self.devices)
 
+    def _mean_or_none(self, values: Iterable[float | None]) -> float | None:
+        values = list(values)
+        return None if not values or any(v is None for v in values) else self._mean(values)  # type: ignore[arg-type]
+
+    @property
+    def wire_bytes_sent_per_device(self) -> float | None:
+        return self._mean_or_none(d.wire_bytes_sent for d in self.devices)
+
+    @property
+    def wire_bytes_received_per_device(self) -> float | None:
+        return self._mean_or_none(d.wire_bytes_received for d in self.devices)
+
     @property
     def dense_bytes_per_device(self) -> float:
         return self._mean(dense_allreduce_bytes(d.inner_steps, self.fleet_size, self.parameters) for d in self.devices)
@@ -101,6 +116,9 @@ class FleetTotals:
             "bytes_received_per_device": round(self.bytes_received_per_device, 1),
             "dense_bytes_per_device": round(self.dense_bytes_per_device, 1),
             "dense_over_sent": None if ratio is None else round(ratio, 1),
+            "wire_bytes_sent_per_device": _rounded(self.wire_bytes_sent_per_device),
+            "wire_bytes_received_per_device": _rounded(self.wire_bytes_received_per_device),
+            "dense_over_wire_sent": _ratio(self.dense_bytes_per_device, self.wire_bytes_sent_per_device),
             "exchanges_succeeded": sum(d.exchanges_succeeded for d in self.devices),
             "exchanges_failed": sum(d.exchanges_failed for d in self.devices),
             "compute_fraction": round(self.compute_fraction, 4),
@@ -130,6 +148,8 @@ def summarize_fleet(rows: Iterable[Mapping[str, Any]], *, fleet_size: int, param
         device.active_s += float(row.get("round_s", row.get("compute_s", 0.0) + row.get("wait_s", 0.0)))
         device.bytes_sent += int(row.get("bytes_sent", 0))
         device.bytes_received += int(row.get("bytes_received", 0))
+        device.wire_bytes_sent = _add_known(device.wire_bytes_sent, row.get("wire_bytes_sent"))
+        device.wire_bytes_received = _add_known(device.wire_bytes_received, row.get("wire_bytes_received"))
         device.contributed_rounds += bool(row.get("contributed", False))
         for applied in row.get("applied", ()):
             if applied.get("status") == "applied":
@@ -141,3 +161,16 @@ def summarize_fleet(rows: Iterable[Mapping[str, Any]], *, fleet_size: int, param
         device.last_t = moment if device.last_t is None else max(device.last_t, moment)
     ordered = [totals[name] for name in sorted(totals)]
     return FleetTotals(devices=ordered, fleet_size=fleet_size, parameters=parameters)
+
+
+def _add_known(total: int | None, value: Any) -> int | None:
+    """A running total that becomes unknown (None) once one of its parts is."""
+    return None if total is None or value is None else total + int(value)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _ratio(numerator: float, denominator: float | None) -> float | None:
+    return None if not denominator else round(numerator / denominator, 1)

@@ -91,6 +91,12 @@ class ByteComparison:
     counter_sent: float
     reported_received: int
     counter_received: float
+    reported_from: str = "streams"
+    """What the device reported: ``wire`` (its daemon's kernel socket counters: all of its
+    traffic, headers included) or ``streams`` (fleet protocol streams only, where the
+    kernel counters were unavailable)."""
+    streams_sent: int = 0
+    """Bytes of the fleet protocol's streams (updates, aggregates, state) in the window."""
 
     @property
     def sent_ratio(self) -> float | None:
@@ -119,6 +125,7 @@ class ByteComparison:
             "sent_ratio": _rounded(self.sent_ratio), "reported_received": self.reported_received,
             "counter_received": int(self.counter_received), "received_ratio": _rounded(self.received_ratio),
             "unreported_sent_per_s": round(self.unreported_sent_per_s, 1),
+            "reported_from": self.reported_from, "streams_sent": self.streams_sent,
         }
 
 
@@ -128,7 +135,8 @@ def compare_bytes(device: str, rounds: Sequence[Mapping[str, Any]], counters: Co
     A round line carries the bytes moved since the previous line, so the window runs
     from the first line's time to the last line's time, and the reported bytes are the
     sums over the lines after the first. None with fewer than two lines (no window) or
-    when the counters were not sampled over the whole window.
+    when the counters were not sampled over the whole window. The device's report is its
+    wire bytes where every line has them, its stream bytes otherwise.
     """
     ordered = sorted(rounds, key=lambda line: float(line["t"]))
     if len(ordered) < 2:
@@ -136,12 +144,17 @@ def compare_bytes(device: str, rounds: Sequence[Mapping[str, Any]], counters: Co
     start, end = float(ordered[0]["t"]), float(ordered[-1]["t"])
     if not counters.covers(start, end):
         return None
+    lines = ordered[1:]
+    wire = all(line.get("wire_bytes_sent") is not None and line.get("wire_bytes_received") is not None for line in lines)
+    sent_field, received_field = ("wire_bytes_sent", "wire_bytes_received") if wire else ("bytes_sent", "bytes_received")
     return ByteComparison(
         device=device, window_start=start, window_end=end,
-        reported_sent=sum(int(line["bytes_sent"]) for line in ordered[1:]),
+        reported_sent=sum(int(line[sent_field]) for line in lines),
         counter_sent=counters.between(start, end, direction="tx"),
-        reported_received=sum(int(line["bytes_received"]) for line in ordered[1:]),
+        reported_received=sum(int(line[received_field]) for line in lines),
         counter_received=counters.between(start, end, direction="rx"),
+        reported_from="wire" if wire else "streams",
+        streams_sent=sum(int(line["bytes_sent"]) for line in lines),
     )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import statistics
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from globetrain.errors import ConfigError
-from globetrain.fleet.app.qos import RoundPeriodSchedule, qos_for_run
+from globetrain.fleet.app.qos import MEASUREMENT_WINDOW, RoundPeriodSchedule, cautious_estimate, qos_for_run
 from globetrain.fleet.app.run_keys import bootstrap_run_keys, device_run_keys
 from globetrain.fleet.config import FleetConfig
 from globetrain.fleet.keys import RUN_KEY_ENV
@@ -91,3 +93,33 @@ def test_one_outlier_measurement_does_not_change_the_settings():
         plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=uplink, rtt_s=0.001))
         settings = plan.settings_for(1)
         assert (settings.density, settings.bits, plan.rounds_per_contribution(settings)) == (0.01, 8, 1)
+
+
+def test_two_slow_exchanges_in_a_row_make_the_payload_leaner_at_once():
+    # A tenfold (and more) drop after a long fast history: the median of five would still
+    # say "fast" after two slow rounds; two agreeing rounds are enough to go leaner.
+    sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
+    plan = schedule(sync, fleet)
+    plan.note_round_steps(10)
+    for _ in range(5):
+        plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=1e8, rtt_s=0.001))
+    plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=300.0, rtt_s=0.001))
+    settings = plan.settings_for(6)
+    assert (settings.density, settings.bits) == (0.01, 8)  # one slow round: could be an outlier
+    plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=300.0, rtt_s=0.001))
+    settings = plan.settings_for(7)
+    assert settings.density < 0.01 or settings.bits < 8
+    # The link recovers: once the median is fast again, so are the settings.
+    for _ in range(3):
+        plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=1e8, rtt_s=0.001))
+    settings = plan.settings_for(10)
+    assert (settings.density, settings.bits) == (0.01, 8)
+
+
+@given(st.lists(st.floats(min_value=1.0, max_value=1e9), min_size=1, max_size=12))
+def test_the_cautious_estimate_lies_between_the_median_and_the_slower_side(values):
+    recent = deque(values[-MEASUREMENT_WINDOW:], maxlen=MEASUREMENT_WINDOW)
+    uplink = cautious_estimate(recent, slower_is_larger=False)
+    rtt = cautious_estimate(recent, slower_is_larger=True)
+    median = statistics.median(recent)
+    assert min(recent) <= uplink <= median <= rtt <= max(recent)

@@ -39,11 +39,12 @@ def test_validation_profile_has_a_bootstrap_and_enough_devices_of_every_rate_cla
     assert all(device.downlink_mbit >= device.uplink_mbit for device in devices)
 
 
-def test_validation_profile_changes_dev3_rate_tenfold_then_doubles_all_delays() -> None:
-    first, second = validation_profile().changes
+def test_validation_profile_cuts_dev3_and_dev0_tenfold_then_doubles_all_delays() -> None:
+    dev3, dev0, later = validation_profile().changes
 
-    assert (first.at_s, first.hosts, first.uplink_factor) == (60.0, ("dev3",), 0.1)
-    assert (second.at_s, second.hosts, second.delay_factor) == (90.0, (), 2.0)
+    assert (dev3.at_s, dev3.hosts, dev3.uplink_factor) == (60.0, ("dev3",), 0.1)
+    assert (dev0.at_s, dev0.hosts, dev0.uplink_factor) == (60.0, ("dev0",), 0.1)
+    assert (later.at_s, later.hosts, later.delay_factor) == (90.0, (), 2.0)
 
 
 def test_a_profile_survives_a_json_round_trip() -> None:

@@ -20,12 +20,12 @@ def profile_with(changes: list[dict], **host_extra: object) -> NetworkProfile:
     })
 
 
-def test_validation_plan_cuts_dev3_tenfold_at_60s_and_doubles_every_delay_at_90s() -> None:
+def test_validation_plan_cuts_dev3_and_dev0_tenfold_at_60s_and_doubles_every_delay_at_90s() -> None:
     actions = plan_actions(validation_profile())
 
     at_60 = [action for action in actions if action.at_s == 60.0]
     at_90 = [action for action in actions if action.at_s == 90.0]
-    assert at_60 == [SetRates(60.0, "dev3", 1.0, 5.0)]
+    assert at_60 == [SetRates(60.0, "dev3", 1.0, 5.0), SetRates(60.0, "dev0", pytest.approx(0.1), pytest.approx(0.8))]
     assert len(at_90) == len(validation_profile().hosts)
     assert SetDelay(90.0, "dev0", 300.0, 60.0) in at_90
     assert Stall(45.0, "dev1", 5.0) in actions and Drop(75.0, "dev5", 1.0) in actions

@@ -105,6 +105,21 @@ def test_compare_bytes_uses_the_window_of_the_round_lines():
     assert comparison.unreported_sent_per_s == pytest.approx(50.0)
 
 
+def test_compare_bytes_prefers_the_wire_bytes_when_every_line_has_them():
+    def wire_line(t: float, streams: int, wire: int | None) -> dict:
+        return {**round_line(t, streams, 100), "wire_bytes_sent": wire, "wire_bytes_received": None if wire is None else 300}
+
+    counters = series((100.0, 0, 0), (120.0, 30_000, 600))
+    comparison = compare_bytes("device-0", [wire_line(100.0, 5, 5), wire_line(110.0, 1_000, 14_000),
+                                            wire_line(120.0, 1_000, 15_000)], counters)
+    assert comparison is not None and comparison.reported_from == "wire"
+    assert (comparison.reported_sent, comparison.streams_sent, comparison.reported_received) == (29_000, 2_000, 600)
+    # One line without kernel counters: the whole window falls back to the streams.
+    comparison = compare_bytes("device-0", [wire_line(100.0, 5, 5), wire_line(110.0, 1_000, None),
+                                            wire_line(120.0, 1_000, 15_000)], counters)
+    assert comparison is not None and comparison.reported_from == "streams" and comparison.reported_sent == 2_000
+
+
 def test_compare_bytes_needs_a_window_and_counters_covering_it():
     counters = series((100.0, 0, 0), (110.0, 100, 0))
     assert compare_bytes("device-0", [round_line(105.0, 10)], counters) is None

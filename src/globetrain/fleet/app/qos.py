@@ -19,7 +19,11 @@ Measurements reach the schedule as the median of the last few rounds: one exchan
 ack timing also includes how long the leader's busy CPU took to answer, so single
 rounds swing by orders of magnitude on a loaded machine (measured on loopback: 0.01 to
 700 Mbit/s in consecutive rounds), while a median follows a lasting change within a
-few rounds and ignores single outliers.
+few rounds and ignores single outliers. Going leaner is faster than going richer: when
+the last ``CONFIRMING_ROUNDS`` exchanges both saw a slower link (uplink or round trip)
+than the median, that worse value counts at once. A single bad round still changes
+nothing, and a link that got tenfold slower is acted on at the next boundary after two
+exchanges saw it, not after the median of five turned.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ ROUNDS_PER_CONTRIBUTION_MAX = 8
 """On the slowest links a device contributes at least every this many rounds."""
 MEASUREMENT_WINDOW = 5
 """Rounds of uplink and round-trip measurements the schedule sees the median of."""
+CONFIRMING_ROUNDS = 2
+"""Consecutive rounds that must agree on a slower link before it counts ahead of the median."""
 
 
 def qos_for_run(sync: SyncConfig, fleet: FleetConfig, base: QoSConfig | None = None) -> QoSConfig:
@@ -94,11 +100,28 @@ class RoundPeriodSchedule:
         self.adaptive.observe(
             dataclasses.replace(
                 observation,
-                uplink_bytes_per_s=statistics.median(self.recent_uplinks) if self.recent_uplinks else None,
-                rtt_s=statistics.median(self.recent_rtts) if self.recent_rtts else None,
+                uplink_bytes_per_s=cautious_estimate(self.recent_uplinks, slower_is_larger=False),
+                rtt_s=cautious_estimate(self.recent_rtts, slower_is_larger=True),
             )
         )
 
     def rounds_per_contribution(self, settings: RoundSettings) -> int:
         """Rounds per contribution the latest settings ask for (1 unless the link is too slow)."""
         return min(max(1, round(settings.inner_steps / max(self.base_steps, 1))), ROUNDS_PER_CONTRIBUTION_MAX)
+
+
+def cautious_estimate(recent: deque[float], *, slower_is_larger: bool) -> float | None:
+    """The median of ``recent``, or the slower value the last ``CONFIRMING_ROUNDS`` agree on.
+
+    "Agree": even the best of the last rounds is worse than the median (for an uplink, its
+    largest value is below the median; for a round trip, its smallest is above).
+    """
+    if not recent:
+        return None
+    median = statistics.median(recent)
+    if len(recent) < CONFIRMING_ROUNDS:
+        return median
+    last = list(recent)[-CONFIRMING_ROUNDS:]
+    if slower_is_larger:
+        return max(median, min(last))
+    return min(median, max(last))

@@ -3,8 +3,10 @@
 ``RoundRecorder.record`` turns what ``RoundDriver`` reports at a boundary into the line
 ``globetrain.report.metrics.ROUND_FIELDS`` describes, adding what the driver does not
 know: the steps, clips, compute seconds and loss of this round's window (from the
-``LocalTrainer``), and the bytes the peer moved since the previous line (its byte
-counter, so state served to joiners and the aggregates a leader sends count too).
+``LocalTrainer``), the bytes the peer moved since the previous line (its byte counter,
+so state served to joiners and the aggregates a leader sends count too), and everything
+its daemon put on the wire meanwhile (``wire_bytes_*``: DHT, libp2p and TCP/IP headers
+too, from the kernel's socket counters).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class RoundRecorder:
         self._last_time: float | None = None
         self._sent = 0
         self._received = 0
+        self._wire_sent = 0
+        self._wire_received = 0
         self.total_steps = 0
         self.total_samples = 0
         self.last_line: dict[str, Any] | None = None
@@ -57,6 +61,7 @@ class RoundRecorder:
         sent, received = counter.total("sent"), counter.total("received")
         sent_delta, received_delta = sent - self._sent, received - self._received
         self._sent, self._received = sent, received
+        wire_sent_delta, wire_received_delta = self._wire_deltas()
         if self.trainer is not None:
             steps, samples, compute_seconds, loss = self.trainer.take_counters()
         else:
@@ -78,6 +83,8 @@ class RoundRecorder:
             "round_s": round(round_seconds, 4),
             "bytes_sent": sent_delta,
             "bytes_received": received_delta,
+            "wire_bytes_sent": wire_sent_delta,
+            "wire_bytes_received": wire_received_delta,
             "density": float(settings.get("density", 0.0)),
             "bits": int(settings.get("bits", 0)),
             "status": applied[-1]["status"] if applied else "pending",
@@ -97,6 +104,18 @@ class RoundRecorder:
         self.last_line = line
         self._log(line)
         return line
+
+    def _wire_deltas(self) -> tuple[int | None, int | None]:
+        """Frames the peer's daemon sent and received since the previous line (all its
+        traffic, headers included), or (None, None) where the kernel counters are unavailable."""
+        wire = self.node.peer.wire
+        totals = wire.totals() if wire is not None else None
+        if totals is None:
+            return None, None
+        sent, received = totals.frames_sent, totals.frames_received
+        deltas = sent - self._wire_sent, received - self._wire_received
+        self._wire_sent, self._wire_received = sent, received
+        return deltas
 
     def _log(self, line: dict[str, Any]) -> None:
         if not log.isEnabledFor(logging.INFO):
