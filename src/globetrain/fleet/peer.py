@@ -449,8 +449,8 @@ class FleetPeer:
     # with 9 peers). These two calls go straight to the key's nearest nodes in this peer's
     # routing table (which knows every peer of a fleet up to the table's bucket size, 20):
     # a store sends one record to ROSTER_REPLICAS nodes, a read asks one of them (and
-    # merges that with this peer's own copy when it is a replica itself). hivemind's walking ``dht_get`` remains
-    # for a newcomer's first look.
+    # merges that with this peer's own copy when it is a replica itself). hivemind's
+    # walking ``dht_get`` remains for a newcomer's first look.
 
     def _replicas(self, key: str) -> tuple[Any, list[tuple[Any, Any]]]:
         """(key id, the ROSTER_REPLICAS nodes nearest to it, this one included as (id, None))."""
@@ -470,7 +470,7 @@ class FleetPeer:
             value_bytes = protocol.serializer.dumps(value)
             stored = 0
             calls = []
-            for node_id, peer_id in nodes:
+            for _, peer_id in nodes:
                 if peer_id is None:
                     stored += bool(protocol.storage.store_subkey(key_id, subkey, value_bytes, expiration_time))
                 else:

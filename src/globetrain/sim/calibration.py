@@ -204,6 +204,10 @@ def predict(
     measured = run.training_seconds
     speed = fit.device_speed(run.devices)
     with tempfile.TemporaryDirectory() as folder:
+        if reference is None and reference_path is None:
+            # The reference only sizes payloads here; measuring it at the run's batch size
+            # must not overwrite the shared one (benchmarks/results) the other runs use.
+            reference_path = Path(folder) / "reference.json"
         fleet_path = Path(folder) / "localhost.json"
         fleet_path.write_text(localhost_fleet(fit).to_json())
         config = SimulationConfig(

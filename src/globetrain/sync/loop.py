@@ -290,6 +290,11 @@ class SyncLoop:
                     pass
             self.in_flight.popleft()
             results.append(self._resolve(item))
+        if results and self.steps_in_round == 0:
+            # The round now starting had its settings chosen when the previous one was
+            # submitted, before these results were observed; choose again so that what
+            # they measured (a link that got slower) counts from this round, not the next.
+            self.settings = self.schedule.settings_for(self.round)
         if report is not None:
             report.applied.extend(results)
             report.wait_seconds = max(self.clock() - wait_started, 0.0)

@@ -58,7 +58,13 @@ class ShapedSettings(ConfigSection):
         120.0, help="shaped cases run at least this long, so the profile's changes (60 s, 90 s) are observed")
     seed: int = field(0, help="seed of the data, the model and the relays' jitter")
     byte_tolerance: float = field(0.10, help="interface counters vs reported bytes: allowed relative difference")
-    counter_every_s: float = field(2.0, help="seconds between two reads of every interface's counters")
+    counter_every_s: float = field(
+        0.5,
+        help=(
+            "seconds between two reads of every interface's counters (the comparison interpolates "
+            "between reads: a transfer burst near a window's edge costs up to one interval of error)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         name = "shaped"

@@ -51,3 +51,21 @@ def test_compute_fraction_is_a_fraction_of_active_time(parts):
             for index, (compute, wait, other) in enumerate(parts)]
     fraction = summarize_fleet(rows, fleet_size=4, parameters=10).compute_fraction
     assert 0.0 <= fraction <= 1.0 + 1e-9
+
+
+def test_wire_bytes_are_summed_and_unknown_once_a_line_lacks_them():
+    def with_wire(line: dict, sent: int | None) -> dict:
+        return {**line, "wire_bytes_sent": sent, "wire_bytes_received": None if sent is None else 2 * sent}
+
+    rows = [with_wire(round_line("a", 0), 1500), with_wire(round_line("a", 1), 2500),
+            with_wire(round_line("b", 0), 1000), with_wire(round_line("b", 1), 3000)]
+    summary = summarize_fleet(rows, fleet_size=2, parameters=1000).to_dict()
+    assert summary["wire_bytes_sent_per_device"] == 4000.0
+    assert summary["wire_bytes_received_per_device"] == 8000.0
+    assert summary["dense_over_wire_sent"] == pytest.approx(summary["dense_bytes_per_device"] / 4000.0, rel=1e-3)
+
+    # Older lines (no field) or a peer without kernel counters: the total is unknown, not low.
+    rows[2] = round_line("b", 0)
+    summary = summarize_fleet(rows, fleet_size=2, parameters=1000).to_dict()
+    assert summary["wire_bytes_sent_per_device"] is None and summary["dense_over_wire_sent"] is None
+    assert summary["bytes_sent_per_device"] == 2000.0

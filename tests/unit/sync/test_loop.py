@@ -277,3 +277,36 @@ class SyncLoopMachine(RuleBasedStateMachine):
 
 TestSyncLoopMachine = SyncLoopMachine.TestCase
 TestSyncLoopMachine.settings = __import__("hypothesis").settings(max_examples=40, stateful_step_count=25, deadline=None)
+
+
+class RecordingSchedule:
+    """Chooses 8 bits until it has observed an exchange, then 4."""
+
+    def __init__(self) -> None:
+        self.observed = 0
+
+    def settings_for(self, round_index: int):
+        from globetrain.sync.schedule import RoundSettings
+
+        return RoundSettings(3, 1.0, 4 if self.observed else 8, f"observed {self.observed}")
+
+    def observe(self, observation) -> None:
+        self.observed += 1
+
+
+def test_results_applied_at_a_boundary_count_for_the_round_that_starts_there() -> None:
+    # Settings for round 2 are first chosen when round 1 is submitted, before the exchange
+    # of round 0 is applied; applying it (and observing what it measured) chooses again.
+    model = make_model()
+    exchange = ManualExchange()
+    schedule = RecordingSchedule()
+    loop = SyncLoop(model, None, exchange, plain_config(apply_delay=1), schedule=schedule)
+    generator = torch.Generator().manual_seed(5)
+    nudge(model, generator)
+    loop.submit_round()
+    exchange.resolve(0)
+    nudge(model, generator)
+    report = loop.submit_round()
+    assert report.settings.bits == 8 and loop.settings.bits == 8  # nothing observed yet
+    loop.apply_due(wait=False)
+    assert schedule.observed == 1 and loop.settings.bits == 4
