@@ -175,11 +175,13 @@ class FleetNode:
         self.peer.background(self._keep_config(), "run config keeper")
 
     async def _keep_config(self) -> None:
-        # Every peer stores the run config again now and then, so the run outlives its bootstrap.
+        # Every peer stores the run config too, once it has joined and then now and then, so
+        # that the run outlives its bootstrap and the other peers that held it: a device
+        # restarted after they died must still find the run (found values are not cached).
         interval = config_expiration(self.run_config) / 4
         while True:
-            await asyncio.sleep(interval)
             await publish_run_config(self.peer, self.keys, self.sealed_config, self.run_config)
+            await asyncio.sleep(interval)
 
     def _digest(self) -> tuple[int, str] | None:
         loop = self.loop

@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ROSTER_REPLICAS = 3
-"""Nodes that keep each roster record (and the DHT's replication for other keys)."""
+"""Nodes that keep each roster record (heartbeats: cheap, rewritten every half round)."""
+DHT_REPLICAS = 5
+"""Nodes that keep other keys (the run config: written rarely, it must outlive dead peers)."""
 Handler = Callable[[Conversation], Awaitable[None]]
 
 
@@ -227,7 +229,7 @@ class FleetPeer:
             initial_peers=reachable or None,
             wait_timeout=network.dht_rpc_timeout_s,
             ensure_bootstrap_success=False,
-            num_replicas=ROSTER_REPLICAS,
+            num_replicas=DHT_REPLICAS,
             # No caching of found values: hivemind would re-store them to other nodes and
             # refresh them in the background, traffic the roster (refreshed on its own) never needs.
             cache_locally=False,

@@ -3,7 +3,7 @@
 A bootstrap and N devices (default 8), each in its own network namespace of a lab
 (``globetrain.netlab``), with the validation profile's uplink rates (1-10 Mbit/s for
 the first 8 devices) enforced by tc htb, delay, jitter, a stall and dropped connections
-injected by a relay in front of each peer, and mid-run changes (dev3's rate drops tenfold
+injected by a relay in front of each peer, and mid-run changes (the rates of dev3 and dev0 drop tenfold
 at 60 s, every latency doubles at 90 s). It trains the demo's recipe with ``two-step`` and
 with the ``dense`` baseline, each shaped and unshaped (same lab, same processes, nothing
 in the way), and reports:
