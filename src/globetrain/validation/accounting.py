@@ -180,7 +180,7 @@ class Adaptation:
     before: tuple[float, int] | None
     """(density, bits) of the last round that ended before the change."""
     rounds_until_change: int | None
-    """Rounds ending after the change until the first one with another choice (1 = the first); None: never."""
+    """Rounds started after the change until the first one with another choice (1 = the first); None: never."""
     first_changed: tuple[float, int] | None
     rounds_after: int
 
@@ -202,12 +202,24 @@ def adaptation_after(rounds: Sequence[Mapping[str, Any]], change_time: float) ->
     """
     chosen = [line for line in sorted(rounds, key=lambda line: float(line["t"])) if qos_choice(line)[0] > 0]
     before = [line for line in chosen if float(line["t"]) < change_time]
-    after = [line for line in chosen if float(line["t"]) >= change_time]
+    after = [line for line in chosen if _started_at_or_after(line, change_time)]
     baseline = payload_choice(before[-1]) if before else None
     for index, line in enumerate(after, start=1):
         if baseline is not None and payload_choice(line) != baseline:
             return Adaptation(change_time, baseline, index, payload_choice(line), len(after))
     return Adaptation(change_time, baseline, None, None, len(after))
+
+
+def _started_at_or_after(line: Mapping[str, Any], change_time: float) -> bool:
+    """Whether a round line's round began at or after ``change_time``.
+
+    A line is written at its round's end (``t``) and says how long the round took
+    (``round_s``). The round in progress at the change had its settings chosen before
+    it, so it is neither the baseline nor a round after the change. Lines without
+    ``round_s`` count from their end.
+    """
+    start = float(line["t"]) - float(line.get("round_s") or 0.0)
+    return start >= change_time
 
 
 def change_was_needed(rounds: Sequence[Mapping[str, Any]], change_time: float, *, within: int = 2) -> bool:
@@ -219,7 +231,7 @@ def change_was_needed(rounds: Sequence[Mapping[str, Any]], change_time: float, *
     failed; any other reason (``leanest setting ...``) or a changed choice means it had to act.
     """
     after = [line for line in sorted(rounds, key=lambda line: float(line["t"]))
-             if float(line["t"]) >= change_time and qos_choice(line)[0] > 0][:within]
+             if _started_at_or_after(line, change_time) and qos_choice(line)[0] > 0][:within]
     adaptation = adaptation_after(rounds, change_time)
     changed = adaptation.rounds_until_change is not None and adaptation.rounds_until_change <= within
     return changed or any(" fits " not in str(line.get("qos_reason", "")) for line in after)

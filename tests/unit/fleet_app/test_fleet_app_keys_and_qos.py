@@ -123,3 +123,18 @@ def test_the_cautious_estimate_lies_between_the_median_and_the_slower_side(value
     rtt = cautious_estimate(recent, slower_is_larger=True)
     median = statistics.median(recent)
     assert min(recent) <= uplink <= median <= rtt <= max(recent)
+
+
+def test_a_device_contributing_every_second_round_goes_leaner_after_one_slow_exchange():
+    # Its exchanges come every second round: one of them already spans the two rounds
+    # that confirm a slower link for a device contributing every round.
+    sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
+    plan = schedule(sync, fleet)
+    plan.note_round_steps(10)
+    for _ in range(5):
+        plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=100.0, rtt_s=0.05))
+    before = plan.settings_for(5)
+    assert plan.rounds_per_contribution(before) == 2
+    plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=20.0, rtt_s=0.05))
+    after = plan.settings_for(7)
+    assert plan.rounds_per_contribution(after) > 2 or (after.density, after.bits) < (before.density, before.bits)

@@ -147,6 +147,17 @@ def test_adaptation_counts_rounds_after_the_change_until_density_or_bits_move():
     assert adaptation.rounds_after == 3
 
 
+def test_the_round_in_progress_at_the_change_counts_neither_before_nor_after():
+    # Rounds of 8 s ending at 56, 64, 72, 80: the change at 60 s falls inside the round 56-64,
+    # whose settings were chosen at 56 s. The first round after the change is the one from 64.
+    rounds = [{**round_line(t, 1, density=density), "round_s": 8.0}
+              for t, density in ((56.0, 0.03), (64.0, 0.03), (72.0, 0.03), (80.0, 0.01))]
+    adaptation = adaptation_after(rounds, change_time=60.0)
+    assert adaptation.before == (0.03, 8)
+    assert adaptation.rounds_after == 2
+    assert adaptation.rounds_until_change == 2 and adaptation.adapted_within(2)
+
+
 def test_adaptation_sees_fewer_bits_as_a_change():
     rounds = [round_line(50.0, 1), round_line(65.0, 1, bits=4)]
     assert adaptation_after(rounds, change_time=60.0).first_changed == (0.03, 4)

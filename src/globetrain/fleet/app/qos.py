@@ -20,15 +20,17 @@ ack timing also includes how long the leader's busy CPU took to answer, so singl
 rounds swing by orders of magnitude on a loaded machine (measured on loopback: 0.01 to
 700 Mbit/s in consecutive rounds), while a median follows a lasting change within a
 few rounds and ignores single outliers. Going leaner is faster than going richer: when
-the last ``CONFIRMING_ROUNDS`` exchanges both saw a slower link (uplink or round trip)
-than the median, that worse value counts at once. A single bad round still changes
-nothing, and a link that got tenfold slower is acted on at the next boundary after two
-exchanges saw it, not after the median of five turned.
+the exchanges of the last ``CONFIRMING_ROUNDS`` rounds all saw a slower link (uplink or
+round trip) than the median, that worse value counts at once. A single bad round still
+changes nothing, and a link that got tenfold slower is acted on at the next boundary
+after two rounds saw it, not after the median of five turned. A device that contributes
+every k-th round measures once per k rounds, so fewer exchanges confirm (one for k >= 2).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 from collections import deque
 from collections.abc import Callable
@@ -42,7 +44,7 @@ ROUNDS_PER_CONTRIBUTION_MAX = 8
 MEASUREMENT_WINDOW = 5
 """Rounds of uplink and round-trip measurements the schedule sees the median of."""
 CONFIRMING_ROUNDS = 2
-"""Consecutive rounds that must agree on a slower link before it counts ahead of the median."""
+"""Rounds whose exchanges must agree on a slower link before it counts ahead of the median."""
 
 
 def qos_for_run(sync: SyncConfig, fleet: FleetConfig, base: QoSConfig | None = None) -> QoSConfig:
@@ -72,6 +74,7 @@ class RoundPeriodSchedule:
         self.recent_rtts: deque[float] = deque(maxlen=MEASUREMENT_WINDOW)
         self.base_steps = sync.inner_steps
         """The base H of the latest ``settings_for`` (one round's steps): k rounds per contribution = H / base."""
+        self.latest_rounds_per_contribution = 1
 
     def note_round_steps(self, steps: int) -> None:
         """Inner steps the device computed in one round's window (the driver's H)."""
@@ -90,18 +93,22 @@ class RoundPeriodSchedule:
         # The schedule's base H is one round's worth of steps; doubling it means rarer syncs.
         self.adaptive.sync = self.sync.replace(inner_steps=steps)
         self.adaptive.qos = self.qos.replace(max_inner_steps=max(steps * ROUNDS_PER_CONTRIBUTION_MAX, 1))
-        return self.adaptive.settings_for(round_index)
+        settings = self.adaptive.settings_for(round_index)
+        self.latest_rounds_per_contribution = self.rounds_per_contribution(settings)
+        return settings
 
     def observe(self, observation: RoundObservation) -> None:
         if observation.uplink_bytes_per_s is not None and observation.uplink_bytes_per_s > 0:
             self.recent_uplinks.append(observation.uplink_bytes_per_s)
         if observation.rtt_s is not None and observation.rtt_s >= 0:
             self.recent_rtts.append(observation.rtt_s)
+        # Measurements come once per contribution: confirm over rounds, not over exchanges.
+        confirming = max(1, math.ceil(CONFIRMING_ROUNDS / self.latest_rounds_per_contribution))
         self.adaptive.observe(
             dataclasses.replace(
                 observation,
-                uplink_bytes_per_s=cautious_estimate(self.recent_uplinks, slower_is_larger=False),
-                rtt_s=cautious_estimate(self.recent_rtts, slower_is_larger=True),
+                uplink_bytes_per_s=cautious_estimate(self.recent_uplinks, slower_is_larger=False, confirming=confirming),
+                rtt_s=cautious_estimate(self.recent_rtts, slower_is_larger=True, confirming=confirming),
             )
         )
 
@@ -110,18 +117,20 @@ class RoundPeriodSchedule:
         return min(max(1, round(settings.inner_steps / max(self.base_steps, 1))), ROUNDS_PER_CONTRIBUTION_MAX)
 
 
-def cautious_estimate(recent: deque[float], *, slower_is_larger: bool) -> float | None:
-    """The median of ``recent``, or the slower value the last ``CONFIRMING_ROUNDS`` agree on.
+def cautious_estimate(
+    recent: deque[float], *, slower_is_larger: bool, confirming: int = CONFIRMING_ROUNDS
+) -> float | None:
+    """The median of ``recent``, or the slower value the last ``confirming`` measurements agree on.
 
-    "Agree": even the best of the last rounds is worse than the median (for an uplink, its
-    largest value is below the median; for a round trip, its smallest is above).
+    "Agree": even the best of the last measurements is worse than the median (for an uplink,
+    its largest value is below the median; for a round trip, its smallest is above).
     """
     if not recent:
         return None
     median = statistics.median(recent)
-    if len(recent) < CONFIRMING_ROUNDS:
+    if len(recent) < confirming:
         return median
-    last = list(recent)[-CONFIRMING_ROUNDS:]
+    last = list(recent)[-confirming:]
     if slower_is_larger:
         return max(median, min(last))
     return min(median, max(last))
