@@ -12,6 +12,7 @@ import pytest
 from fleet_processes import Fleet, wait_exit, wait_for
 
 from globetrain.fleet.keys import new_run_key
+from globetrain.validation.hostile_report import TIMING_REASONS
 
 pytestmark = pytest.mark.integration
 
@@ -79,9 +80,13 @@ def test_wrong_key_and_rogue_peers_are_refused_and_change_nothing(fleet: Fleet) 
     attacker_reasons = by_sender.get(report["peer_id"], {})
     for reason in ("contribution/bad-tag", "aggregate-request/bad-tag", "state-request/bad-tag"):
         assert attacker_reasons.get(reason, 0) >= 1, f"no {reason} counted for the attacker: {attacker_reasons}"
+    # No honest contribution is refused for what it holds. Timing refusals (an honest update
+    # arriving after a 2 s round's 0.5 s collection window on a busy 2-core machine) are
+    # lateness, which the validation's hostile run does not count against the fleet either.
     honest_ids = {peer.peer_id for peer in [bootstrap, *honest]}
     assert not any(
-        reason.startswith("contribution/") for sender in honest_ids for reason in by_sender.get(sender, {})
+        reason.startswith("contribution/") and reason.rsplit("/", 1)[-1] not in TIMING_REASONS
+        for sender in honest_ids for reason in by_sender.get(sender, {})
     ), by_sender
 
     # The model stays finite and identical across honest peers, and it was trained.
