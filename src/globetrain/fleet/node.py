@@ -170,7 +170,6 @@ class FleetNode:
         await self.peer.serve(protocol_name(self.keys, "aggregate"), archive_service.handle)
         await self.peer.serve(protocol_name(self.keys, "state"), self.state_server.handle)
         await self.roster.heartbeat_once()
-        await self.roster.refresh(walk=True)  # a newcomer's first view misses no one
         self.peer.background(self.roster.run(), "roster heartbeat")
         self.peer.background(self._keep_config(), "run config keeper")
 
@@ -214,7 +213,7 @@ class FleetNode:
         async def run() -> StateSnapshot:
             deadline = time.monotonic() + budget
             while not self.roster.state_holders() and time.monotonic() < deadline:
-                await self.roster.refresh(walk=True)
+                await self.roster.refresh()
                 await asyncio.sleep(0.2)
             records = sorted(self.roster.state_holders(), key=lambda record: record.peer_id != prefer)
             source.addresses = {record.peer_id: record.addresses for record in records}

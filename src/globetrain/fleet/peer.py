@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import signal
 import tempfile
 import threading
@@ -443,16 +442,15 @@ class FleetPeer:
             return {subkey: item.value for subkey, item in value.items()}
         return value
 
-    # -- the roster's direct DHT calls ----------------------------------------------------------
+    # -- the roster's direct store ---------------------------------------------------------------
     #
     # hivemind's store and get first walk the DHT towards the key, and every node asked on
     # the way answers with the whole value: for a dictionary key holding every peer's record,
     # each heartbeat then moved O(peers) records from O(peers) nodes (~190 KB/s per device
-    # with 9 peers). These two calls go straight to the key's nearest nodes in this peer's
-    # routing table (which knows every peer of a fleet up to the table's bucket size, 20):
-    # a store sends one record to ROSTER_REPLICAS nodes, a read asks one of them (and
-    # merges that with this peer's own copy when it is a replica itself). hivemind's
-    # walking ``dht_get`` remains for a newcomer's first look.
+    # with 9 peers). A roster store goes straight to the key's nearest nodes in this peer's
+    # routing table instead: one record to ROSTER_REPLICAS nodes. Reads still walk
+    # (``dht_get``): the walk merges every node's answer, so a record stored on nodes that
+    # another peer's routing table does not rank nearest is still found.
 
     def _replicas(self, key: str) -> tuple[Any, list[tuple[Any, Any]]]:
         """(key id, the ROSTER_REPLICAS nodes nearest to it, this one included as (id, None))."""
@@ -486,42 +484,6 @@ class FleetPeer:
         except Exception as error:  # noqa: BLE001 - a lost DHT request is a failed store
             log.debug("[%s] roster store failed: %s", self.name, _short(error))
             return 0
-
-    async def roster_read(self, key: str) -> dict[Any, Any] | None:
-        """A dictionary key's entries (subkey -> value) from this peer or one of the key's nearest nodes."""
-        from hivemind.dht.storage import DictionaryDHTValue
-
-        try:
-            key_id, nodes = self._replicas(key)
-            protocol = self._dht.protocol
-            # This peer's own copy where it is a replica, merged with one other replica's
-            # (a random one, so that readers spread over them): a record that missed one
-            # replica (routing tables still filling, a lost store) still shows.
-            copies = [protocol.storage.get(key_id)] if any(peer_id is None for _, peer_id in nodes) else []
-            others = [peer_id for _, peer_id in nodes if peer_id is not None]
-            for peer_id in random.sample(others, len(others)):
-                answer = await protocol.call_find(peer_id, [key_id])
-                if answer and key_id in answer:
-                    copies.append(answer[key_id][0])
-                    break
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:  # noqa: BLE001 - a lost DHT request is an empty read
-            log.debug("[%s] roster read failed: %s", self.name, _short(error))
-            return None
-        entries: dict[Any, Any] = {}
-        for found in copies:
-            if found is None or not isinstance(found.value, DictionaryDHTValue):
-                continue
-            for subkey, (value_bytes, expiration) in found.value.items():
-                try:
-                    value = protocol.serializer.loads(value_bytes)
-                except Exception:  # noqa: BLE001 - the roster refuses (and counts) what does not decode
-                    value = value_bytes
-                # Of two copies of one peer's record, keep the one that expires later (the newer).
-                if subkey not in entries or expiration > entries[subkey][1]:
-                    entries[subkey] = (value, expiration)
-        return {subkey: value for subkey, (value, _) in entries.items()} if entries else None
 
 
 @contextlib.contextmanager

@@ -2,11 +2,11 @@
 
 Every peer heartbeats an encrypted ``RosterRecord`` into the DHT under the run's roster
 key (one subkey per peer id), every ``heartbeat_interval`` x T, valid for ``roster_ttl``
-x T, and reads the roster back at the same pace. Both go straight to the key's nearest
-nodes (``FleetPeer.roster_store``/``roster_read``), not through hivemind's DHT walk, in
-which every node on the way answers with the whole roster. A peer that stops
-heartbeating (killed, partitioned) drops out of everyone's view when its last record
-expires.
+x T, and reads the roster back at the same pace. The store goes straight to the key's
+nearest nodes (``FleetPeer.roster_store``), not through hivemind's DHT walk, in which
+every node on the way answers with the whole roster; the read walks and merges every
+answer (see ``Roster.refresh``). A peer that stops heartbeating (killed, partitioned)
+drops out of everyone's view when its last record expires.
 
 Leader choice is a pure function of a roster snapshot and the round (``leader_candidates``):
 
@@ -334,12 +334,16 @@ class Roster:
         await self.peer.roster_store(roster_key(self.keys), record.peer_id, sealed, dht_time() + ttl)
         await self.refresh()
 
-    async def refresh(self, *, walk: bool = False) -> None:
-        """Read the roster: from the key's nearest node (cheap, every heartbeat), or by
-        walking the DHT and merging every answer (``walk``: a newcomer's first look, which
-        must not miss anyone, e.g. to find a duplicate name)."""
-        key = roster_key(self.keys)
-        found = await (self.peer.dht_get(key) if walk else self.peer.roster_read(key))
+    async def refresh(self) -> None:
+        """Read the roster by walking the DHT and merging every node's answer.
+
+        Reading one replica instead (cheaper) let views differ whenever peers' routing
+        tables disagreed on the key's nearest nodes (peers joining or leaving the DHT):
+        two leaders for one round, and models that differ afterwards. Every view must
+        hold every alive record, so reads stay complete; they are what the roster still
+        costs (O(peers) answers of O(peers) records, every heartbeat).
+        """
+        found = await self.peer.dht_get(roster_key(self.keys))
         if not isinstance(found, dict):
             return
         fresh: dict[str, RosterRecord] = {}

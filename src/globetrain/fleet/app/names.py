@@ -36,7 +36,7 @@ def _message(node: FleetNode, other: RosterRecord) -> str:
 
 def refuse_taken_name(node: FleetNode, *, timeout: float) -> None:
     """Before taking part: raise ``DuplicateName`` if an alive peer of the run has this name."""
-    node.peer.call(node.roster.refresh(walk=True), timeout=timeout)
+    node.peer.call(node.roster.refresh(), timeout=timeout)
     conflicts = _conflicts(node)
     if conflicts:
         raise DuplicateName(_message(node, conflicts[0]))
@@ -44,7 +44,7 @@ def refuse_taken_name(node: FleetNode, *, timeout: float) -> None:
 
 def yield_shared_name(node: FleetNode, *, timeout: float) -> None:
     """After this peer's first heartbeat: of two peers that joined under one name, the later leaves."""
-    node.peer.call(node.roster.refresh(walk=True), timeout=timeout)
+    node.peer.call(node.roster.refresh(), timeout=timeout)
     mine = (node.roster.me.joined_at, node.peer.peer_id)
     for other in _conflicts(node):
         if (other.joined_at, other.peer_id) < mine:
