@@ -38,30 +38,27 @@ _FIELD = re.compile(r"\b(ino|bytes_sent|bytes_acked|bytes_received|segs_out|segs
 
 @dataclasses.dataclass(frozen=True)
 class SocketCounters:
-    """Cumulative counters of one TCP socket."""
+    """Cumulative TCP counters: of one socket, or summed over a process's sockets."""
 
     sent: int = 0
     received: int = 0
     segments_out: int = 0
     segments_in: int = 0
 
-
-@dataclasses.dataclass(frozen=True)
-class WireTotals:
-    """Bytes a peer's daemon moved over TCP so far (payload, and frames with headers)."""
-
-    payload_sent: int
-    payload_received: int
-    segments_out: int
-    segments_in: int
+    def __add__(self, other: SocketCounters) -> SocketCounters:
+        return SocketCounters(
+            self.sent + other.sent, self.received + other.received,
+            self.segments_out + other.segments_out, self.segments_in + other.segments_in,
+        )
 
     @property
     def frames_sent(self) -> int:
-        return self.payload_sent + FRAME_OVERHEAD_BYTES * self.segments_out
+        """Payload plus the headers of every segment: what an interface counter sees."""
+        return self.sent + FRAME_OVERHEAD_BYTES * self.segments_out
 
     @property
     def frames_received(self) -> int:
-        return self.payload_received + FRAME_OVERHEAD_BYTES * self.segments_in
+        return self.received + FRAME_OVERHEAD_BYTES * self.segments_in
 
 
 def parse_ss(text: str) -> dict[int, SocketCounters]:
@@ -171,23 +168,14 @@ class WireTraffic:
             # A socket gone since the last poll keeps the counts it had then.
             for inode, counters in self._last.items():
                 if inode not in current:
-                    self._closed = _add(self._closed, counters)
+                    self._closed += counters
             self._last = current
 
-    def totals(self) -> WireTotals | None:
+    def totals(self) -> SocketCounters | None:
         """Totals so far (after a fresh poll), or None when the counters are unavailable."""
         self.poll()
         if self._problem is not None:
             return None
         with self._lock:
-            total = self._closed
-            for counters in self._last.values():
-                total = _add(total, counters)
-        return WireTotals(total.sent, total.received, total.segments_out, total.segments_in)
-
-
-def _add(a: SocketCounters, b: SocketCounters) -> SocketCounters:
-    return SocketCounters(
-        a.sent + b.sent, a.received + b.received, a.segments_out + b.segments_out, a.segments_in + b.segments_in
-    )
+            return sum(self._last.values(), self._closed)
 

@@ -56,10 +56,10 @@ def test_counts_this_process_traffic_and_keeps_closed_connections() -> None:
     during = traffic.totals()
     assert during is not None
     # Both ends are this process: 50,000 bytes out of one socket and into the other.
-    assert during.payload_sent - before.payload_sent >= 50_000
-    assert during.payload_received - before.payload_received >= 50_000
-    assert during.frames_sent - during.payload_sent == FRAME_OVERHEAD_BYTES * during.segments_out
+    assert during.sent - before.sent >= 50_000
+    assert during.received - before.received >= 50_000
+    assert during.frames_sent - during.sent == FRAME_OVERHEAD_BYTES * during.segments_out
     for end in (client, server, listener):
         end.close()
     after = traffic.totals()
-    assert after is not None and after.payload_sent >= during.payload_sent  # closed sockets keep their counts
+    assert after is not None and after.sent >= during.sent  # closed sockets keep their counts

@@ -75,6 +75,7 @@ class RoundPeriodSchedule:
         self.base_steps = sync.inner_steps
         """The base H of the latest ``settings_for`` (one round's steps): k rounds per contribution = H / base."""
         self.latest_rounds_per_contribution = 1
+        """k of the latest ``settings_for``: measurements come once per k rounds."""
 
     def note_round_steps(self, steps: int) -> None:
         """Inner steps the device computed in one round's window (the driver's H)."""
