@@ -27,8 +27,10 @@ QUICK: tuple[tuple[str, ...], ...] = (
     ("video_accuracy.py",),
     ("sim_scale.py",),
 )
-# Up to an hour or more each: every method at 1000 devices, the sweep, two real demo runs.
+# Up to an hour or more each: nine video fleets in one process, every method at 1000 devices,
+# the sweep, two real demo runs.
 LONG: tuple[tuple[str, ...], ...] = (
+    ("outer_lr_scaling.py",),
     ("sim_targets.py",),
     ("sim_calibration.py", "--run-demo"),
     ("sim_sweep.py",),

@@ -8,6 +8,7 @@ from typing import Literal
 from globetrain.config import ConfigSection, field, require, require_finite_positive
 
 ALLOWED_BITS = (2, 4, 8, 16, 32)
+OUTER_LR_SCALINGS = ("none", "sqrt-contributors")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,15 @@ class SyncConfig(ConfigSection):
     # momentum 0.9 amplifies stale, sparse updates and diverged in the harness
     # (benchmarks/convergence.py); the residual already acts as momentum (SparseLoCo).
     outer_lr: float = field(1.0, help="outer (global) learning rate applied to the averaged pseudo-gradient")
+    outer_lr_scaling: Literal["none", "sqrt-contributors"] = field(
+        "none",
+        help=(
+            "scale the outer lr of each round by the number of devices averaged in it: sqrt-contributors "
+            "multiplies it by sqrt(K) for an average of K updates (K devices running small-batch Adam each "
+            "move about as far per round as one device does; the average of K has 1/sqrt(K) of one's noise, "
+            "so a sqrt(K) step keeps one device's noise and covers sqrt(K) times the ground)"
+        ),
+    )
     outer_momentum: float = field(0.0, help="outer momentum (0 disables it; DiLoCo uses 0.9 with Nesterov)")
     nesterov: bool = field(False, help="Nesterov momentum for the outer step (DiLoCo)")
     density: float = field(0.01, help="fraction of each tensor's values sent per round (top-k)")
@@ -49,6 +59,8 @@ class SyncConfig(ConfigSection):
         require(self.apply_delay in (0, 1), name, "apply_delay", self.apply_delay, "0 or 1")
         require_finite_positive(name, "exchange_timeout_s", self.exchange_timeout_s)
         require_finite_positive(name, "outer_lr", self.outer_lr)
+        require(self.outer_lr_scaling in OUTER_LR_SCALINGS, name, "outer_lr_scaling", self.outer_lr_scaling,
+                f"one of {list(OUTER_LR_SCALINGS)}")
         require(0.0 <= self.outer_momentum < 1.0, name, "outer_momentum", self.outer_momentum, "a number in [0, 1)")
         require(0.0 < self.density <= 1.0, name, "density", self.density, "a number in (0, 1]")
         require(self.bits in ALLOWED_BITS, name, "bits", self.bits, f"one of {list(ALLOWED_BITS)}")

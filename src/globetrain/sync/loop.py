@@ -4,7 +4,8 @@
 inner steps, forms the pseudo-gradient (the drift of its parameters since the round
 started), compresses it with error feedback (step 2, ``globetrain.compression``),
 hands it to an ``Exchange`` and, ``apply_delay`` rounds later, applies the group's
-sample-weighted average to the global model with the outer optimizer.
+sample-weighted average to the global model with the outer optimizer (its step
+optionally scaled by sqrt(contributors), ``SyncConfig.outer_lr_scaling``).
 
 State kept per device (all float32, parameter shapes):
 
@@ -28,6 +29,12 @@ fails) the round is abandoned: the global model is left unchanged for it, the
 device's own sent values go back into error feedback (re-sent next round, nothing is
 lost), and a result that arrives later is discarded and counted.
 
+Adaptive settings: the schedule sees what an exchange measured of the link (uplink,
+round trip) as soon as the exchange has resolved, at the next round boundary, and the
+payload compressed there uses it; the round's update is applied (and its compute
+observed) ``apply_delay`` rounds after submission as above. A link that got slower thus
+shapes the payload of the round during which its first slow exchange ended.
+
 Drivers: a real-time driver calls ``step()`` after each inner step (or
 ``finish_round()`` itself); the in-process harness and the simulator call
 ``submit_round()`` and ``apply_due(wait=...)`` separately, so that many devices can be
@@ -40,6 +47,7 @@ import collections
 import dataclasses
 import hashlib
 import logging
+import math
 import time
 import zlib
 from collections.abc import Callable
@@ -102,6 +110,8 @@ class _InFlight:
     submitted_at: float
     payload_bytes: int
     samples: int
+    link_observed: bool = False
+    """Whether the schedule has already seen what this exchange measured of the link."""
 
 
 class SyncLoop:
@@ -200,6 +210,11 @@ class SyncLoop:
         does this.
         """
         compute_seconds = max(self.clock() - self.round_started_at, 0.0)
+        if self._observe_resolved_links():
+            # An exchange that resolved during this round measured the link: its density and
+            # bits count for the payload compressed now, a round before its update is applied.
+            fresh = self.schedule.settings_for(self.round)
+            self.settings = dataclasses.replace(self.settings, density=fresh.density, bits=fresh.bits, reason=fresh.reason)
         settings = self.settings
         if contribute:
             current = [p.detach().float() for p in self.parameters]
@@ -250,6 +265,29 @@ class SyncLoop:
         self.settings = self.schedule.settings_for(self.round)
         self.round_started_at = self.clock()
         return report
+
+    def _observe_resolved_links(self) -> bool:
+        """Hand the schedule the link measurements of exchanges that resolved since the last look.
+
+        Only exchanges that measured the uplink, and only the link (uplink, round trip), are
+        observed here; the round's compute is observed when its update is applied. True when
+        anything new was observed.
+        """
+        observed = False
+        for item in self.in_flight:
+            if item.link_observed or not item.future.done() or item.future.exception() is not None:
+                continue
+            outcome = item.future.result()
+            if outcome.uplink_bytes_per_s is None:
+                continue
+            item.link_observed = True
+            self.schedule.observe(
+                RoundObservation(
+                    inner_steps=0, compute_seconds=0.0, uplink_bytes_per_s=outcome.uplink_bytes_per_s, rtt_s=outcome.rtt_s
+                )
+            )
+            observed = True
+        return observed
 
     def due(self) -> list[Future[ExchangeOutcome]]:
         """Futures of in-flight exchanges that must be applied before the next round ends."""
@@ -316,21 +354,21 @@ class SyncLoop:
                 "diverged",
                 f"global model differs from the aggregator's after round {outcome.base_round}: download state to resync",
             )
-        self.outer.step(self.global_params, outcome.update)
+        self.outer.step(self.global_params, outcome.update, lr_scale=self._outer_lr_scale(outcome.contributors))
         if outcome.returned is not None and self.error_feedback is not None:
             self.error_feedback.restore(outcome.returned)
         self._rebase()
         self.record_digest(item.round)
         self.stats["rounds_applied"] += 1
+        # The link part goes in once: here, unless the boundary after the exchange resolved took it.
+        link = {} if item.link_observed else {
+            "exchange_seconds": outcome.seconds or None,
+            "bytes_sent": outcome.bytes_sent or None,
+            "uplink_bytes_per_s": outcome.uplink_bytes_per_s,
+            "rtt_s": outcome.rtt_s,
+        }
         self.schedule.observe(
-            RoundObservation(
-                inner_steps=self.last_round_steps,
-                compute_seconds=self.last_compute_seconds,
-                exchange_seconds=outcome.seconds or None,
-                bytes_sent=outcome.bytes_sent or None,
-                uplink_bytes_per_s=outcome.uplink_bytes_per_s,
-                rtt_s=outcome.rtt_s,
-            )
+            RoundObservation(inner_steps=self.last_round_steps, compute_seconds=self.last_compute_seconds, **link)
         )
         return AppliedExchange(
             round=item.round,
@@ -339,6 +377,13 @@ class SyncLoop:
             samples=outcome.samples,
             outcome=outcome,
         )
+
+    def _outer_lr_scale(self, contributors: int) -> float:
+        # Every member of a group reads the same contributor count from the aggregate, so
+        # the scaled step keeps their global models identical.
+        if self.config.outer_lr_scaling == "sqrt-contributors":
+            return math.sqrt(max(contributors, 1))
+        return 1.0
 
     def _abandon(self, item: _InFlight, reason: str) -> AppliedExchange:
         # A result that arrives after this point must not be applied: every device applies

@@ -25,8 +25,8 @@ class OuterOptimizer:
         self.steps = 0
 
     @torch.no_grad()
-    def step(self, global_params: list[torch.Tensor], update: list[torch.Tensor]) -> None:
-        """Apply one averaged pseudo-gradient ``update`` to ``global_params`` in place."""
+    def step(self, global_params: list[torch.Tensor], update: list[torch.Tensor], *, lr_scale: float = 1.0) -> None:
+        """Apply one averaged pseudo-gradient ``update`` to ``global_params`` in place, at ``lr * lr_scale``."""
         if self.momentum > 0:
             if self.momentum_buffers is None:
                 self.momentum_buffers = [torch.zeros_like(p) for p in global_params]
@@ -39,7 +39,7 @@ class OuterOptimizer:
                 direction = buffers
         else:
             direction = update
-        torch._foreach_add_(global_params, direction, alpha=-self.lr)
+        torch._foreach_add_(global_params, direction, alpha=-self.lr * lr_scale)
         self.steps += 1
 
     def state_dict(self) -> dict[str, Any]:

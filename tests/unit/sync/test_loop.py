@@ -25,11 +25,14 @@ class ManualExchange(Exchange):
         self.submitted.append((contribution, future))
         return future
 
-    def resolve(self, index: int) -> None:
+    def resolve(self, index: int, *, uplink_bytes_per_s: float | None = None) -> None:
         contribution, future = self.submitted[index]
         update = [t.float() for t in Codec(1.0, 32).decode(contribution.payload)] if contribution.payload else None
         future.set_result(
-            ExchangeOutcome(round=contribution.round, update=update, contributors=1, samples=contribution.samples)
+            ExchangeOutcome(
+                round=contribution.round, update=update, contributors=1, samples=contribution.samples,
+                uplink_bytes_per_s=uplink_bytes_per_s,
+            )
         )
 
     def fail(self, index: int) -> None:
@@ -310,3 +313,83 @@ def test_results_applied_at_a_boundary_count_for_the_round_that_starts_there() -
     assert report.settings.bits == 8 and loop.settings.bits == 8  # nothing observed yet
     loop.apply_due(wait=False)
     assert schedule.observed == 1 and loop.settings.bits == 4
+
+
+class LinkRecordingSchedule(RecordingSchedule):
+    """Chooses 8 bits until it has seen an uplink measurement, then 4; records every observation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observations: list = []
+
+    def settings_for(self, round_index: int):
+        from globetrain.sync.schedule import RoundSettings
+
+        measured = any(o.uplink_bytes_per_s is not None for o in self.observations)
+        return RoundSettings(3, 1.0, 4 if measured else 8, "")
+
+    def observe(self, observation) -> None:
+        self.observations.append(observation)
+
+
+def test_a_link_measured_during_a_round_counts_for_the_payload_sent_at_its_end() -> None:
+    # Prepare: round 0 submitted; its exchange resolves (with an uplink measurement) while
+    # round 1 computes, a whole round before its update is due.
+    model = make_model()
+    exchange = ManualExchange()
+    schedule = LinkRecordingSchedule()
+    loop = SyncLoop(model, None, exchange, plain_config(apply_delay=1), schedule=schedule)
+    generator = torch.Generator().manual_seed(6)
+    nudge(model, generator)
+    loop.submit_round()
+    exchange.resolve(0, uplink_bytes_per_s=1000.0)
+    nudge(model, generator)
+    # Execute: the boundary of round 1.
+    report = loop.submit_round()
+    # Assert: round 1's payload already used what round 0's exchange measured...
+    assert report.settings.bits == 4
+    assert [o.uplink_bytes_per_s for o in schedule.observations] == [1000.0]
+    # ...and applying round 0 later observes its compute, not the same link measurement again.
+    loop.apply_due(wait=False)
+    assert len(schedule.observations) == 2
+    assert schedule.observations[1].uplink_bytes_per_s is None and schedule.observations[1].exchange_seconds is None
+
+
+def test_an_exchange_without_a_link_measurement_is_observed_only_when_applied() -> None:
+    model = make_model()
+    exchange = ManualExchange()
+    schedule = LinkRecordingSchedule()
+    loop = SyncLoop(model, None, exchange, plain_config(apply_delay=1), schedule=schedule)
+    generator = torch.Generator().manual_seed(7)
+    nudge(model, generator)
+    loop.submit_round()
+    exchange.resolve(0)
+    nudge(model, generator)
+    loop.submit_round()
+    assert schedule.observations == []
+    loop.apply_due(wait=False)
+    assert len(schedule.observations) == 1
+
+
+@pytest.mark.parametrize("scaling,expected_scale", [("none", 1.0), ("sqrt-contributors", 2.0)])
+def test_outer_lr_scaling_multiplies_the_average_of_k_updates_by_sqrt_k(scaling: str, expected_scale: float) -> None:
+    # Prepare: 4 workers from one start, each with its own random drift, lossless codec.
+    group = InProcessGroup(4)
+    config = plain_config(apply_delay=0, outer_lr_scaling=scaling)
+    models = [make_model() for _ in range(4)]
+    loops = [SyncLoop(model, None, group.exchange(index), config, device_index=index) for index, model in enumerate(models)]
+    start = [p.detach().clone() for p in models[0].parameters()]
+    generator = torch.Generator().manual_seed(8)
+    for model in models:
+        nudge(model, generator)
+    drifts = [[s - p.detach() for s, p in zip(start, model.parameters())] for model in models]
+    # Execute: one round, applied at once.
+    for loop in loops:
+        loop.submit_round()
+    for loop in loops:
+        loop.apply_due(wait=True)
+    # Assert: every worker's global model moved by expected_scale x the average drift.
+    for loop in loops:
+        for position, (global_value, initial) in enumerate(zip(loop.global_params, start)):
+            average = sum(drift[position] for drift in drifts) / 4
+            torch.testing.assert_close(global_value, initial - expected_scale * average, rtol=0, atol=1e-5)

@@ -10,7 +10,7 @@ def configure(base: SyncConfig) -> SyncConfig:
     # is linear in the gradients) that is synchronous data-parallel training.
     return base.replace(
         inner_steps=1, apply_delay=0, density=1.0, bits=32, error_feedback=False,
-        outer_lr=1.0, outer_momentum=0.0, nesterov=False, dense_warmup_rounds=0,
+        outer_lr=1.0, outer_lr_scaling="none", outer_momentum=0.0, nesterov=False, dense_warmup_rounds=0,
     )
 
 

@@ -11,7 +11,7 @@ from globetrain.sync.methods import Method, register
 def configure(base: SyncConfig) -> SyncConfig:
     return base.replace(
         inner_steps=1, apply_delay=0, density=0.001, bits=32, error_feedback=True,
-        outer_lr=1.0, outer_momentum=0.0, nesterov=False,
+        outer_lr=1.0, outer_lr_scaling="none", outer_momentum=0.0, nesterov=False,
     )
 
 

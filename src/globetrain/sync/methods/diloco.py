@@ -8,7 +8,7 @@ def configure(base: SyncConfig) -> SyncConfig:
     # DiLoCo's published outer optimizer: SGD lr 0.7 with Nesterov momentum 0.9.
     return base.replace(
         apply_delay=0, density=1.0, bits=32, error_feedback=False, dense_warmup_rounds=0,
-        outer_lr=0.7, outer_momentum=0.9, nesterov=True,
+        outer_lr=0.7, outer_lr_scaling="none", outer_momentum=0.9, nesterov=True,
     )
 
 
