@@ -26,6 +26,7 @@ QUICK: tuple[tuple[str, ...], ...] = (
     ("video_loading.py",),
     ("video_accuracy.py",),
     ("sim_scale.py",),
+    ("roster_traffic.py",),
 )
 # Up to an hour or more each: nine video fleets in one process, every method at 1000 devices,
 # the sweep, two real demo runs.

@@ -13,6 +13,11 @@ Joining: the peer dials ``initial_peers`` and every address remembered in its pe
 (``PeerBook``), each with ``connect_timeout_s``, and bootstraps its DHT through those that
 answered. Addresses of peers seen later are added to the peers file, so that a device can
 rejoin through any of them once the bootstrap is gone.
+
+The roster's DHT calls skip hivemind's walk: ``roster_store`` sends a record to the key's 3
+nearest nodes, ``roster_read`` merges the entries of the 5 nearest, which every peer
+serves from its DHT storage on ``/globetrain/dht-delta/1`` and which send only the entries
+the reader lacks (about one copy of the roster per read; see "the roster's direct DHT calls").
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import signal
 import tempfile
 import threading
@@ -33,6 +39,22 @@ from typing import Any, TypeVar
 
 from globetrain.errors import GlobetrainError
 from globetrain.fleet.config import FleetNetworkConfig
+from globetrain.fleet.roster_delta import (
+    MAX_DELTA_ANSWER_BYTES,
+    MAX_DELTA_REQUEST_BYTES,
+    ROSTER_DELTA_PROTOCOL,
+    ROSTER_READ_NODES,
+    DeltaItem,
+    DHTID_from_bytes,
+    PeerID_from_bytes,
+    RosterReadStats,
+    decode_delta_answer,
+    decode_delta_request,
+    encode_delta_request,
+    encode_delta_answer,
+    entries_newer_than,
+    merge_entries,
+)
 from globetrain.fleet.transport import ByteCounter, Conversation, TransportError
 from globetrain.fleet.wire_traffic import WireTraffic
 
@@ -123,6 +145,13 @@ class FleetPeer:
         self.network = network or FleetNetworkConfig()
         self.name = name
         self.counter = ByteCounter()
+        self.roster_read_bytes = ByteCounter()
+        """Frames of this peer's roster reads (requests sent, answers received); not in ``counter``."""
+        self.roster_answer_bytes = ByteCounter()
+        """Frames of the roster reads this peer answered for others."""
+        self.roster_reads = RosterReadStats()
+        self._learned: dict[Any, dict[Any, Any]] = {}
+        """Per DHT key read: nodes near it that other nodes named (see ``roster_read``)."""
         self.book = PeerBook(self.network.peers_file or None)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -235,6 +264,7 @@ class FleetPeer:
             cache_nearest=0,
             cache_refresh_before_expiry=0,
         )
+        await self.serve(ROSTER_DELTA_PROTOCOL, self._answer_delta, counter=self.roster_answer_bytes)
         log.info("[%s] peer %s listening on %s", self.name, self.peer_id, ", ".join(self.addresses))
 
     async def _dial_all(self, candidates: list[str]) -> list[str]:
@@ -344,11 +374,15 @@ class FleetPeer:
 
     # -- streams ------------------------------------------------------------------------------
 
-    async def serve(self, protocol: str, handler: Handler) -> None:
-        """Answer streams of ``protocol`` with ``handler``; its errors are logged, never raised."""
+    async def serve(self, protocol: str, handler: Handler, *, counter: ByteCounter | None = None) -> None:
+        """Answer streams of ``protocol`` with ``handler``; its errors are logged, never raised.
+
+        Bytes count in ``counter`` (default: ``self.counter``, the fleet streams).
+        """
+        counted = counter or self.counter
 
         async def on_stream(info: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            conversation = Conversation(reader, writer, info.peer_id.to_base58(), self.counter)
+            conversation = Conversation(reader, writer, info.peer_id.to_base58(), counted)
             try:
                 await handler(conversation)
             except (TransportError, asyncio.IncompleteReadError, ConnectionError) as error:
@@ -387,7 +421,9 @@ class FleetPeer:
             await self.connect(address, timeout=max(timeout - (time.monotonic() - started), 0.01))
         return await self._open_stream(peer_id, protocol, timeout=max(timeout - (time.monotonic() - started), 0.01))
 
-    async def _open_stream(self, peer_id: str, protocol: str, *, timeout: float) -> Conversation:
+    async def _open_stream(
+        self, peer_id: str, protocol: str, *, timeout: float, counter: ByteCounter | None = None
+    ) -> Conversation:
         from hivemind.p2p import PeerID
 
         try:
@@ -400,7 +436,7 @@ class FleetPeer:
             raise
         except Exception as error:  # noqa: BLE001 - daemon errors come in several types
             raise TransportError(f"could not open a stream to {peer_id}: {_short(error)}") from None
-        return Conversation(reader, writer, peer_id, self.counter)
+        return Conversation(reader, writer, peer_id, counter or self.counter)
 
     async def connect(self, address: str, *, timeout: float) -> bool:
         """Dial a peer address (with /p2p/); True if it answered."""
@@ -442,25 +478,66 @@ class FleetPeer:
             return {subkey: item.value for subkey, item in value.items()}
         return value
 
-    # -- the roster's direct store ---------------------------------------------------------------
+    # -- the roster's direct DHT calls ----------------------------------------------------------
     #
-    # hivemind's store and get first walk the DHT towards the key, and every node asked on
-    # the way answers with the whole value: for a dictionary key holding every peer's record,
-    # each heartbeat then moved O(peers) records from O(peers) nodes (~190 KB/s per device
-    # with 9 peers). A roster store goes straight to the key's nearest nodes in this peer's
-    # routing table instead: one record to ROSTER_REPLICAS nodes. Reads still walk
-    # (``dht_get``): the walk merges every node's answer, so a record stored on nodes that
-    # another peer's routing table does not rank nearest is still found.
+    # hivemind's store and get walk the DHT towards the key, asking up to bucket_size (20)
+    # nodes: every node of a small fleet. Each node on the way that holds the roster answers
+    # a get with all of it, and with its 20 nearest nodes. The roster's calls go straight to
+    # the key's nearest nodes this peer knows instead:
+    #
+    # - a store sends one record to the ROSTER_REPLICAS (3) nearest;
+    # - a read merges this peer's own entries with those of the ROSTER_READ_NODES (5)
+    #   nearest: the union a walk over those nodes would give. It asks one of the 3 nearest
+    #   first, with a digest of what it holds (16 bytes an entry): that node answers with
+    #   the entries the reader lacks or holds an older version of (nearly the whole roster
+    #   when the reader holds nothing) and names the 5 nodes it knows nearest to the key.
+    #   Then it asks the 5 nearest of all it now knows, at once, with the digest of what it
+    #   holds now: they answer with what the first node lacked (usually nothing). A read
+    #   costs about one copy of the roster, not one per node that holds it.
+    #
+    # The read also asks the nodes the first one named that are nearer than those this peer
+    # knows; once they answered, they count as known for the next stores and reads of that
+    # key. So a peer whose routing table lacks the key's nearest nodes (a full bucket in a
+    # fleet beyond 20 peers, nodes that joined since) reads and stores where the others do,
+    # as a walk would find them. A read asks at most 5 nodes when this peer's table already
+    # knows the key's nearest ones (the usual case), up to 1 + 5 + 5 when it learns of new ones.
+    #
+    # A writer's 3 nodes and a reader's 5 share one unless the reader knows of none of the
+    # writer's 3 or of 5 nodes nearer to the key than all of them; both may, for example,
+    # lack any two of the key's 5 nearest nodes. Reading one replica (tried before) missed
+    # records as soon as writer and reader disagreed on one node.
 
-    def _replicas(self, key: str) -> tuple[Any, list[tuple[Any, Any]]]:
-        """(key id, the ROSTER_REPLICAS nodes nearest to it, this one included as (id, None))."""
+    def _known_near(self, key_id: Any, count: int, *, exclude: Any = None) -> list[tuple[Any, Any]]:
+        """The ``count`` nodes nearest to ``key_id`` this peer knows (its routing table and the
+        nodes learned in reads of that key), nearest first; not this one, nor ``exclude``."""
+        protocol = self._dht.protocol
+        known = dict(protocol.routing_table.get_nearest_neighbors(key_id, count + 1, exclude=self._dht.node_id))
+        known.update(self._learned.get(key_id, {}))
+        known.pop(self._dht.node_id, None)
+        known.pop(exclude, None)
+        return sorted(known.items(), key=lambda node: key_id.xor_distance(node[0]))[:count]
+
+    def _nearest(self, key: str, count: int) -> tuple[Any, list[tuple[Any, Any]]]:
+        """(key id, the ``count`` nodes nearest to it, nearest first; this one included as (id, None))."""
         from hivemind.dht.routing import DHTID
 
         key_id = DHTID.generate(source=key)
-        protocol = self._dht.protocol
-        others = protocol.routing_table.get_nearest_neighbors(key_id, ROSTER_REPLICAS, exclude=self._dht.node_id)
-        nodes = sorted([*others, (self._dht.node_id, None)], key=lambda node: key_id.xor_distance(node[0]))
-        return key_id, nodes[:ROSTER_REPLICAS]
+        nodes = sorted(
+            [*self._known_near(key_id, count), (self._dht.node_id, None)], key=lambda node: key_id.xor_distance(node[0])
+        )
+        return key_id, nodes[:count]
+
+    def _replicas(self, key: str) -> tuple[Any, list[tuple[Any, Any]]]:
+        """(key id, the ROSTER_REPLICAS nodes nearest to it, this one included as (id, None))."""
+        return self._nearest(key, ROSTER_REPLICAS)
+
+    def _learn(self, key_id: Any, nodes: Iterable[tuple[Any, Any]]) -> None:
+        """Remember nodes that answered a read of ``key_id`` (the nearest 10)."""
+        learned = self._learned.setdefault(key_id, {})
+        learned.update((node_id, peer_id) for node_id, peer_id in nodes if node_id != self._dht.node_id)
+        # Only the nearest matter here (they are where the key's records are).
+        for node_id in sorted(learned, key=key_id.xor_distance)[2 * ROSTER_READ_NODES :]:
+            del learned[node_id]
 
     async def roster_store(self, key: str, subkey: str, value: bytes, expiration_time: float) -> int:
         """Store a dictionary entry on the key's nearest nodes; returns how many took it."""
@@ -484,6 +561,158 @@ class FleetPeer:
         except Exception as error:  # noqa: BLE001 - a lost DHT request is a failed store
             log.debug("[%s] roster store failed: %s", self.name, _short(error))
             return 0
+
+    async def roster_read(self, key: str) -> dict[Any, Any] | None:
+        """A dictionary key's entries (subkey -> value), merged from this peer's own and those
+        of the key's ROSTER_READ_NODES nearest nodes; None when none of those answered."""
+        from hivemind.dht.storage import DictionaryDHTValue
+
+        try:
+            key_id, nodes = self._nearest(key, ROSTER_READ_NODES)
+            protocol = self._dht.protocol
+            entries: dict[Any, tuple[bytes, float]] = {}
+            own = protocol.storage.get(key_id)
+            if own is not None and isinstance(own.value, DictionaryDHTValue):
+                merge_entries(entries, ((s, v, e) for s, (v, e) in own.value.items()))
+            # The first node is one of the 3 nearest, at random, so that the whole copies
+            # they send are spread over them.
+            nearest = [node for node in nodes[:ROSTER_REPLICAS] if node[1] is not None]
+            nearest = nearest or [node for node in nodes if node[1] is not None][:1]
+            asked: list[tuple[Any, Any]] = []
+            named: list[tuple[Any, Any]] = []
+            answered = 0
+            for wave in range(2):
+                if wave == 0:
+                    targets = [random.choice(nearest)] if nearest else []
+                else:
+                    # The 5 nearest this peer knows (nodes that answered before included), and
+                    # those of the nodes the first one named that are nearer still: a named
+                    # node counts as known once it has answered, so that made-up names cannot
+                    # crowd out the nodes this peer knows.
+                    _, nodes = self._nearest(key, ROSTER_READ_NODES)
+                    closer = sorted(dict([*nodes, *named]).items(), key=lambda node: key_id.xor_distance(node[0]))
+                    targets = list(dict.fromkeys(
+                        node for node in [*nodes, *closer[:ROSTER_READ_NODES]]
+                        if node[1] is not None and node[0] != self._dht.node_id and node not in asked
+                    ))
+                if not targets:
+                    continue
+                asked += targets
+                request = encode_delta_request(
+                    key_id.to_bytes(), self._dht.node_id.to_bytes(), entries, want_nodes=wave == 0
+                )
+                for answer in await asyncio.gather(*(self._ask_delta(key_id, node, request) for node in targets)):
+                    if answer is not None:
+                        answered += 1
+                        merge_entries(entries, answer[0])
+                        named += answer[1]
+            self.roster_reads.record(asked=[peer_id.to_base58() for _, peer_id in asked], answered=answered)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a lost DHT request is an empty read
+            log.debug("[%s] roster read failed: %s", self.name, _short(error))
+            return None
+        if asked and not answered:
+            # Cut off from the key's nodes: keep the last view (its records expire by
+            # themselves) rather than shrink it to this peer's own copy.
+            return None
+        out: dict[Any, Any] = {}
+        for subkey, (value_bytes, _) in entries.items():
+            try:
+                out[subkey] = protocol.serializer.loads(value_bytes)
+            except Exception:  # noqa: BLE001 - the roster refuses (and counts) what does not decode
+                out[subkey] = value_bytes
+        return out
+
+    async def _ask_delta(
+        self, key_id: Any, node: tuple[Any, Any], request: bytes
+    ) -> tuple[list[DeltaItem], list[tuple[Any, Any]]] | None:
+        """A node's entries newer than the request's digest, and the nodes it named; None if
+        it did not answer."""
+        node_id, peer_id = node
+        protocol = self._dht.protocol
+        timeout = self.network.dht_rpc_timeout_s
+        try:
+            conversation = await self._open_stream(
+                peer_id.to_base58(), ROSTER_DELTA_PROTOCOL, timeout=timeout, counter=self.roster_read_bytes
+            )
+        except TransportError as error:
+            if "not supported" in str(error):
+                # A DHT node that is not a fleet peer of this version: it still answers
+                # hivemind's find, with the whole value.
+                return await self._find_entries(key_id, node)
+            return await self._lost(key_id, node, error)
+        try:
+            await conversation.send(request, timeout=timeout)
+            answer = await conversation.receive(max_bytes=MAX_DELTA_ANSWER_BYTES, timeout=timeout)
+            responder, items, named = decode_delta_answer(answer)
+        except (TransportError, ValueError) as error:
+            return await self._lost(key_id, node, error)
+        finally:
+            conversation.close()
+        # As hivemind does after a find: a node that answered stays in (or joins) the routing
+        # table. Where the table has no room for it (a full bucket), the node is kept as one
+        # known near this key.
+        responder_id = DHTID_from_bytes(responder)
+        await protocol.update_routing_table(responder_id, peer_id, responded=True)
+        self._learn(key_id, [(responder_id, peer_id)])
+        return items, [(DHTID_from_bytes(n), PeerID_from_bytes(p)) for n, p in named]
+
+    async def _lost(self, key_id: Any, node: tuple[Any, Any], error: BaseException) -> None:
+        """Count a node that did not answer and forget it (it is asked again once named or met again)."""
+        node_id, peer_id = node
+        log.debug("[%s] roster read from %s failed: %s", self.name, peer_id, _short(error))
+        self.roster_reads.failures += 1
+        self._learned.get(key_id, {}).pop(node_id, None)
+        # As hivemind does after a find without an answer: the node leaves the routing table.
+        await self._dht.protocol.update_routing_table(node_id, peer_id, responded=False)
+        return None
+
+    async def _find_entries(
+        self, key_id: Any, node: tuple[Any, Any]
+    ) -> tuple[list[DeltaItem], list[tuple[Any, Any]]] | None:
+        from hivemind.dht.storage import DictionaryDHTValue
+
+        self.roster_reads.fallbacks += 1
+        answer = await self._dht.protocol.call_find(node[1], [key_id])
+        if not answer or key_id not in answer:
+            self.roster_reads.failures += 1
+            self._learned.get(key_id, {}).pop(node[0], None)
+            return None
+        found = answer[key_id][0]
+        if found is None or not isinstance(found.value, DictionaryDHTValue):
+            return [], []
+        return [(subkey, value, expiration) for subkey, (value, expiration) in found.value.items()], []
+
+    async def _answer_delta(self, conversation: Conversation) -> None:
+        """Answer a roster read: the entries of the key this node holds that the reader lacks."""
+        from hivemind.dht.storage import DictionaryDHTValue
+        from hivemind.p2p import PeerID
+
+        timeout = self.network.dht_rpc_timeout_s
+        request = await conversation.receive(max_bytes=MAX_DELTA_REQUEST_BYTES, timeout=timeout)
+        try:
+            key_bytes, reader, want_nodes, digest = decode_delta_request(request)
+        except ValueError as error:
+            log.debug("[%s] refused a roster read from %s: %s", self.name, conversation.remote_peer_id, error)
+            return
+        protocol = self._dht.protocol
+        key_id, reader_id = DHTID_from_bytes(key_bytes), DHTID_from_bytes(reader)
+        if reader_id != self._dht.node_id:
+            # As hivemind does for a find: the reader (its peer id authenticated by libp2p)
+            # joins the routing table.
+            await protocol.update_routing_table(
+                reader_id, PeerID.from_base58(conversation.remote_peer_id), responded=True
+            )
+        found = protocol.storage.get(key_id)
+        items: list[DeltaItem] = []
+        if found is not None and isinstance(found.value, DictionaryDHTValue):
+            items = entries_newer_than(((s, v, e) for s, (v, e) in found.value.items()), digest)
+        named = self._known_near(key_id, ROSTER_READ_NODES, exclude=reader_id) if want_nodes else []
+        answer = encode_delta_answer(
+            self._dht.node_id.to_bytes(), items, [(n.to_bytes(), p.to_bytes()) for n, p in named]
+        )
+        await conversation.send(answer, timeout=timeout)
 
 
 @contextlib.contextmanager

@@ -2,11 +2,12 @@
 
 Every peer heartbeats an encrypted ``RosterRecord`` into the DHT under the run's roster
 key (one subkey per peer id), every ``heartbeat_interval`` x T, valid for ``roster_ttl``
-x T, and reads the roster back at the same pace. The store goes straight to the key's
-nearest nodes (``FleetPeer.roster_store``), not through hivemind's DHT walk, in which
-every node on the way answers with the whole roster; the read walks and merges every
-answer (see ``Roster.refresh``). A peer that stops heartbeating (killed, partitioned)
-drops out of everyone's view when its last record expires.
+x T, and reads the roster back at the same pace. Neither walks the DHT (in hivemind's
+walk every node that holds the roster answers with all of it): the store goes to the
+key's 3 nearest nodes (``FleetPeer.roster_store``), the read merges the entries of the 5
+nearest, each sending only what the reader lacks (``FleetPeer.roster_read``, see
+``Roster.refresh``). A peer that stops heartbeating (killed, partitioned) drops out of
+everyone's view when its last record expires.
 
 Leader choice is a pure function of a roster snapshot and the round (``leader_candidates``):
 
@@ -335,15 +336,17 @@ class Roster:
         await self.refresh()
 
     async def refresh(self) -> None:
-        """Read the roster by walking the DHT and merging every node's answer.
+        """Read the roster: the union of this peer's copy and those of the key's 5 nearest nodes.
 
-        Reading one replica instead (cheaper) let views differ whenever peers' routing
-        tables disagreed on the key's nearest nodes (peers joining or leaving the DHT):
-        two leaders for one round, and models that differ afterwards. Every view must
-        hold every alive record, so reads stay complete; they are what the roster still
-        costs (O(peers) answers of O(peers) records, every heartbeat).
+        Every view must hold every alive record: reading one replica (tried before) let
+        views differ whenever peers' routing tables disagreed on the key's nearest nodes
+        (peers joining or leaving the DHT), which gave two leaders for one round and models
+        that differed afterwards. A record is stored on the 3 nearest nodes in its writer's
+        table and read from the 5 nearest in the reader's, so tables may disagree on two of
+        those nodes. Merging costs about one copy of the roster per read, not one per node
+        (``FleetPeer.roster_read``: the nodes after the first send only what the reader lacks).
         """
-        found = await self.peer.dht_get(roster_key(self.keys))
+        found = await self.peer.roster_read(roster_key(self.keys))
         if not isinstance(found, dict):
             return
         fresh: dict[str, RosterRecord] = {}
