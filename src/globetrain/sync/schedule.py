@@ -136,11 +136,34 @@ class AdaptiveSchedule:
     def exchange_seconds(self, density: float, bits: int) -> float:
         """Predicted exchange time of one round's payload on the measured link."""
         assert self.uplink_bytes_per_s is not None
+        return self._exchange_seconds(density, bits, self.uplink_bytes_per_s, self.rtt_s)
+
+    def _exchange_seconds(self, density: float, bits: int, uplink_bytes_per_s: float, rtt_s: float | None) -> float:
         upload = self.qos.upload_factor * self.payload_bytes(density, bits)
-        return (self.rtt_s or 0.0) * self.qos.round_trips + upload / self.uplink_bytes_per_s
+        return (rtt_s or 0.0) * self.qos.round_trips + upload / uplink_bytes_per_s
 
     def settings_for(self, round_index: int) -> RoundSettings:
-        sync, qos = self.sync, self.qos
+        """The settings for the link the measurements estimate."""
+        return self.settings_on_link(
+            round_index, uplink_bytes_per_s=self.uplink_bytes_per_s, rtt_s=self.rtt_s, max_inner_steps=self.qos.max_inner_steps
+        )
+
+    def settings_on_link(
+        self,
+        round_index: int,
+        *,
+        uplink_bytes_per_s: float | None,
+        rtt_s: float | None,
+        max_inner_steps: int,
+        warn_if_too_slow: bool = True,
+    ) -> RoundSettings:
+        """The settings this schedule would choose on the given link, H at most ``max_inner_steps``.
+
+        ``settings_for`` asks about the link the measurements estimate; a caller may ask about
+        another one (the fleet's QoS: the link its latest exchange alone saw).
+        """
+        sync = self.sync
+        qos = self.qos.replace(max_inner_steps=max(self.qos.min_inner_steps, max_inner_steps))
         if round_index < sync.dense_warmup_rounds:
             return RoundSettings(sync.inner_steps, 1.0, 32, "dense warm-up")
         base_steps = min(max(sync.inner_steps, qos.min_inner_steps), qos.max_inner_steps)
@@ -148,31 +171,32 @@ class AdaptiveSchedule:
         default_bits = sync.bits if sync.bits in qos.bits_choices else qos.bits_choices[0]
         if not qos.enabled:
             return RoundSettings(sync.inner_steps, sync.density, sync.bits, "qos off")
-        if self.step_seconds is None or self.uplink_bytes_per_s is None:
+        if self.step_seconds is None or uplink_bytes_per_s is None:
             return RoundSettings(base_steps, default_density, default_bits, "no measurements yet")
         steps_options = _doubling(base_steps, qos.max_inner_steps)
         for steps in steps_options:
             budget = steps * self.step_seconds * qos.fit_fraction
             for density, bits in self.candidates:
-                needed = self.exchange_seconds(density, bits)
+                needed = self._exchange_seconds(density, bits, uplink_bytes_per_s, rtt_s)
                 if needed <= budget:
                     return RoundSettings(
                         steps,
                         density,
                         bits,
                         f"exchange {needed:.2f}s fits {budget:.2f}s of compute "
-                        f"(uplink {self.uplink_bytes_per_s * 8 / 1e6:.2f} Mbit/s, rtt {1000 * (self.rtt_s or 0):.0f} ms)",
+                        f"(uplink {uplink_bytes_per_s * 8 / 1e6:.2f} Mbit/s, rtt {1000 * (rtt_s or 0):.0f} ms)",
                     )
         density, bits = self.candidates[-1]
         steps = steps_options[-1]
-        needed = self.exchange_seconds(density, bits)
-        log.warning(
-            "link too slow for any setting: exchange needs %.2fs but H=%d gives %.2fs of compute; "
-            "rounds will wait on the network (raise qos.max_inner_steps or lower qos.min_density)",
-            needed,
-            steps,
-            steps * self.step_seconds,
-        )
+        needed = self._exchange_seconds(density, bits, uplink_bytes_per_s, rtt_s)
+        if warn_if_too_slow:
+            log.warning(
+                "link too slow for any setting: exchange needs %.2fs but H=%d gives %.2fs of compute; "
+                "rounds will wait on the network (raise qos.max_inner_steps or lower qos.min_density)",
+                needed,
+                steps,
+                steps * self.step_seconds,
+            )
         return RoundSettings(steps, density, bits, f"leanest setting; exchange {needed:.2f}s exceeds compute")
 
 

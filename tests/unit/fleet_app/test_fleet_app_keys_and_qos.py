@@ -84,36 +84,78 @@ def test_a_slow_link_gets_leaner_payloads_then_rarer_contributions():
     assert plan.rounds_per_contribution(rare) > 1
 
 
-def test_one_outlier_measurement_does_not_change_the_settings():
+def observe(plan: RoundPeriodSchedule, uplink: float, rtt: float = 0.001, times: int = 1) -> None:
+    for _ in range(times):
+        plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=uplink, rtt_s=rtt))
+
+
+def payload_of(settings) -> int:
+    return make_payload_estimator(SHAPES)(settings.density, settings.bits)
+
+
+def test_one_outlier_measurement_makes_one_round_leaner_and_none_rarer():
     # On a loaded machine one ack can take seconds; the next ones are fast again.
     sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
     plan = schedule(sync, fleet)
     plan.note_round_steps(10)
-    for uplink in (1e8, 1e8, 10.0, 1e8):
-        plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=uplink, rtt_s=0.001))
-        settings = plan.settings_for(1)
-        assert (settings.density, settings.bits, plan.rounds_per_contribution(settings)) == (0.01, 8, 1)
+    observe(plan, 1e8, times=2)
+    assert (plan.settings_for(2).density, plan.settings_for(2).bits) == (0.01, 8)
+    observe(plan, 10.0)
+    outlier = plan.settings_for(3)
+    assert payload_of(outlier) < payload_of(SyncConfig(density=0.01, bits=8))
+    assert plan.rounds_per_contribution(outlier) == 1 and "until confirmed" in outlier.reason
+    observe(plan, 1e8)
+    after = plan.settings_for(4)
+    assert (after.density, after.bits, plan.rounds_per_contribution(after)) == (0.01, 8, 1)
 
 
-def test_two_slow_exchanges_in_a_row_make_the_payload_leaner_at_once():
-    # A tenfold (and more) drop after a long fast history: the median of five would still
-    # say "fast" after two slow rounds; two agreeing rounds are enough to go leaner.
+def test_a_tenfold_drop_makes_the_payload_leaner_at_once_and_two_rounds_confirm_it():
+    # After a long fast history the median of five would still say "fast" after two slow
+    # rounds: the first slow exchange makes the next payload leaner, the second makes it count.
     sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
     plan = schedule(sync, fleet)
     plan.note_round_steps(10)
-    for _ in range(5):
-        plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=1e8, rtt_s=0.001))
-    plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=300.0, rtt_s=0.001))
-    settings = plan.settings_for(6)
-    assert (settings.density, settings.bits) == (0.01, 8)  # one slow round: could be an outlier
-    plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=300.0, rtt_s=0.001))
-    settings = plan.settings_for(7)
-    assert settings.density < 0.01 or settings.bits < 8
+    observe(plan, 3000.0, times=5)
+    before = plan.settings_for(5)
+    observe(plan, 300.0)
+    first = plan.settings_for(6)
+    assert payload_of(first) < payload_of(before) and "until confirmed" in first.reason
+    observe(plan, 300.0)
+    confirmed = plan.settings_for(7)
+    assert payload_of(confirmed) <= payload_of(first) and "until confirmed" not in confirmed.reason
     # The link recovers: once the median is fast again, so are the settings.
-    for _ in range(3):
-        plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=1e8, rtt_s=0.001))
-    settings = plan.settings_for(10)
-    assert (settings.density, settings.bits) == (0.01, 8)
+    observe(plan, 3000.0, times=3)
+    assert payload_of(plan.settings_for(10)) == payload_of(before)
+
+
+def test_a_round_trip_that_alone_got_slower_also_makes_one_round_leaner():
+    sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
+    plan = schedule(sync, fleet)
+    plan.note_round_steps(10)
+    observe(plan, 3000.0, rtt=0.05, times=5)
+    before = plan.settings_for(5)
+    observe(plan, 3000.0, rtt=0.5)
+    slower = plan.settings_for(6)
+    assert payload_of(slower) < payload_of(before)
+    assert plan.rounds_per_contribution(slower) == plan.rounds_per_contribution(before)
+
+
+@given(
+    st.lists(st.floats(min_value=10.0, max_value=1e9), min_size=1, max_size=8),
+    st.floats(min_value=1.0, max_value=1e9),
+    st.floats(min_value=0.0, max_value=2.0),
+)
+def test_a_single_measurement_never_makes_a_round_richer_or_rarer_than_the_estimates_choose(history, latest, rtt):
+    sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
+    plan = schedule(sync, fleet)
+    plan.note_round_steps(10)
+    for uplink in history:
+        observe(plan, uplink, rtt=0.01)
+    observe(plan, latest, rtt=rtt)
+    chosen = plan.settings_for(len(history) + 1)
+    by_estimates = plan.adaptive.settings_for(len(history) + 1)
+    assert chosen.inner_steps == by_estimates.inner_steps
+    assert payload_of(chosen) <= payload_of(by_estimates)
 
 
 @given(st.lists(st.floats(min_value=1.0, max_value=1e9), min_size=1, max_size=12))

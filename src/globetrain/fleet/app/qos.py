@@ -15,16 +15,22 @@ a round actually yields and turns its choice into what a device can do:
 The budget is what the protocol allows: a contribution must reach the round's leader
 within the collection window (``fleet.collection_window`` x T after the round ends).
 
-Measurements reach the schedule as the median of the last few rounds: one exchange's
-ack timing also includes how long the leader's busy CPU took to answer, so single
-rounds swing by orders of magnitude on a loaded machine (measured on loopback: 0.01 to
-700 Mbit/s in consecutive rounds), while a median follows a lasting change within a
-few rounds and ignores single outliers. Going leaner is faster than going richer: when
-the exchanges of the last ``CONFIRMING_ROUNDS`` rounds all saw a slower link (uplink or
-round trip) than the median, that worse value counts at once. A single bad round still
-changes nothing, and a link that got tenfold slower is acted on at the next boundary
-after two rounds saw it, not after the median of five turned. A device that contributes
-every k-th round measures once per k rounds, so fewer exchanges confirm (one for k >= 2).
+Two speeds, as in AIMD congestion control: one signal makes the next payload leaner, only
+a confirmed one makes contributions rarer, and richer comes slowly.
+
+- The estimates the schedule sees are the median of the last few rounds' measurements:
+  one exchange's ack timing also includes how long the leader's busy CPU took to answer,
+  so single rounds swing by orders of magnitude on a loaded machine (measured on loopback:
+  0.01 to 700 Mbit/s in consecutive rounds). When the exchanges of the last
+  ``CONFIRMING_ROUNDS`` rounds all saw a slower link (uplink or round trip) than the
+  median, that worse value counts at once; a device that contributes every k-th round
+  measures once per k rounds, so fewer exchanges confirm (one for k >= 2).
+- The latest exchange alone: when it saw a slower link than the estimates, the next
+  round's payload is the one that would fit on that link (same H: never rarer on one
+  signal). A tenfold drop thus shows in the first payload compressed after its first
+  exchange was measured, without waiting for a second; an outlier costs one leaner
+  round (fewer values sent, the rest kept in error feedback for the next), not a
+  lasting change.
 """
 
 from __future__ import annotations
@@ -76,6 +82,9 @@ class RoundPeriodSchedule:
         """The base H of the latest ``settings_for`` (one round's steps): k rounds per contribution = H / base."""
         self.latest_rounds_per_contribution = 1
         """k of the latest ``settings_for``: measurements come once per k rounds."""
+        self.latest_uplink: float | None = None
+        self.latest_rtt: float | None = None
+        """What the latest measured exchange alone saw (``leaner_for_latest``)."""
 
     def note_round_steps(self, steps: int) -> None:
         """Inner steps the device computed in one round's window (the driver's H)."""
@@ -94,15 +103,41 @@ class RoundPeriodSchedule:
         # The schedule's base H is one round's worth of steps; doubling it means rarer syncs.
         self.adaptive.sync = self.sync.replace(inner_steps=steps)
         self.adaptive.qos = self.qos.replace(max_inner_steps=max(steps * ROUNDS_PER_CONTRIBUTION_MAX, 1))
-        settings = self.adaptive.settings_for(round_index)
+        settings = self.leaner_for_latest(round_index, self.adaptive.settings_for(round_index))
         self.latest_rounds_per_contribution = self.rounds_per_contribution(settings)
         return settings
+
+    def leaner_for_latest(self, round_index: int, settings: RoundSettings) -> RoundSettings:
+        """``settings``, or a leaner payload at the same H if the latest exchange alone saw a slower link."""
+        estimate = self.adaptive
+        if estimate.uplink_bytes_per_s is None or self.latest_uplink is None:
+            return settings
+        uplink = min(estimate.uplink_bytes_per_s, self.latest_uplink)
+        rtt = max(estimate.rtt_s or 0.0, self.latest_rtt or 0.0)
+        if uplink >= estimate.uplink_bytes_per_s and rtt <= (estimate.rtt_s or 0.0):
+            return settings
+        on_latest = estimate.settings_on_link(
+            round_index, uplink_bytes_per_s=uplink, rtt_s=rtt, max_inner_steps=settings.inner_steps, warn_if_too_slow=False
+        )
+        payload = estimate.payload_bytes
+        if payload(on_latest.density, on_latest.bits) >= payload(settings.density, settings.bits):
+            return settings
+        return RoundSettings(
+            settings.inner_steps,
+            on_latest.density,
+            on_latest.bits,
+            f"latest exchange alone saw a slower link, leaner until confirmed: {on_latest.reason}",
+        )
 
     def observe(self, observation: RoundObservation) -> None:
         if observation.uplink_bytes_per_s is not None and observation.uplink_bytes_per_s > 0:
             self.recent_uplinks.append(observation.uplink_bytes_per_s)
+            # The latest measured exchange stands until the next one: a device contributing
+            # every k-th round keeps what its last exchange saw through the rounds between.
+            self.latest_uplink, self.latest_rtt = observation.uplink_bytes_per_s, None
         if observation.rtt_s is not None and observation.rtt_s >= 0:
             self.recent_rtts.append(observation.rtt_s)
+            self.latest_rtt = observation.rtt_s
         # Measurements come once per contribution: confirm over rounds, not over exchanges.
         confirming = max(1, math.ceil(CONFIRMING_ROUNDS / self.latest_rounds_per_contribution))
         self.adaptive.observe(
