@@ -140,6 +140,20 @@ def test_a_round_trip_that_alone_got_slower_also_makes_one_round_leaner():
     assert plan.rounds_per_contribution(slower) == plan.rounds_per_contribution(before)
 
 
+@given(st.lists(st.tuples(st.floats(min_value=0.75, max_value=1.45), st.floats(min_value=0.75, max_value=1.45)), min_size=6, max_size=12))
+def test_jitter_of_less_than_twofold_never_changes_the_payload_alone(swings):
+    # A device whose budget is nearly all round trips (1 Mbit/s, 400 ms): a relay's jitter
+    # around the link's true speed (here at most 1.45 / 0.75 = 1.93x apart) must not flip its payload by itself.
+    sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
+    plan = schedule(sync, fleet)
+    plan.note_round_steps(10)
+    for uplink_swing, rtt_swing in swings:
+        observe(plan, 125_000.0 * uplink_swing, rtt=0.4 * rtt_swing)
+        chosen = plan.settings_for(1)
+        assert "until confirmed" not in chosen.reason
+        assert (chosen.density, chosen.bits) == (plan.adaptive.settings_for(1).density, plan.adaptive.settings_for(1).bits)
+
+
 @given(
     st.lists(st.floats(min_value=10.0, max_value=1e9), min_size=1, max_size=8),
     st.floats(min_value=1.0, max_value=1e9),

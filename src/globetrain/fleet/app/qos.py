@@ -25,12 +25,14 @@ a confirmed one makes contributions rarer, and richer comes slowly.
   ``CONFIRMING_ROUNDS`` rounds all saw a slower link (uplink or round trip) than the
   median, that worse value counts at once; a device that contributes every k-th round
   measures once per k rounds, so fewer exchanges confirm (one for k >= 2).
-- The latest exchange alone: when it saw a slower link than the estimates, the next
-  round's payload is the one that would fit on that link (same H: never rarer on one
-  signal). A tenfold drop thus shows in the first payload compressed after its first
-  exchange was measured, without waiting for a second; an outlier costs one leaner
-  round (fewer values sent, the rest kept in error feedback for the next), not a
-  lasting change.
+- The latest exchange alone: when it saw the link at least ``SUDDEN_SLOWDOWN`` times
+  slower than the estimates (uplink, or round trip), the next round's payload is the one
+  that would fit on that link (same H: never rarer on one signal). A tenfold drop thus
+  shows in the first payload compressed after its first exchange was measured, without
+  waiting for a second; an outlier costs one leaner round (fewer values sent, the rest
+  kept in error feedback for the next), not a lasting change. Smaller swings (a relay's
+  jitter, a busy leader) go through the median only: otherwise a device whose budget is
+  nearly all round trips would change its payload every other round.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ MEASUREMENT_WINDOW = 5
 """Rounds of uplink and round-trip measurements the schedule sees the median of."""
 CONFIRMING_ROUNDS = 2
 """Rounds whose exchanges must agree on a slower link before it counts ahead of the median."""
+SUDDEN_SLOWDOWN = 2.0
+"""How much slower than the estimates (uplink / this, or round trip x this) one exchange must see to count alone."""
 
 
 def qos_for_run(sync: SyncConfig, fleet: FleetConfig, base: QoSConfig | None = None) -> QoSConfig:
@@ -108,14 +112,17 @@ class RoundPeriodSchedule:
         return settings
 
     def leaner_for_latest(self, round_index: int, settings: RoundSettings) -> RoundSettings:
-        """``settings``, or a leaner payload at the same H if the latest exchange alone saw a slower link."""
+        """``settings``, or a leaner payload at the same H if the latest exchange alone saw a much slower link."""
         estimate = self.adaptive
         if estimate.uplink_bytes_per_s is None or self.latest_uplink is None:
             return settings
-        uplink = min(estimate.uplink_bytes_per_s, self.latest_uplink)
-        rtt = max(estimate.rtt_s or 0.0, self.latest_rtt or 0.0)
-        if uplink >= estimate.uplink_bytes_per_s and rtt <= (estimate.rtt_s or 0.0):
+        uplink, rtt = estimate.uplink_bytes_per_s, estimate.rtt_s or 0.0
+        sudden_uplink = self.latest_uplink * SUDDEN_SLOWDOWN <= uplink
+        sudden_rtt = self.latest_rtt is not None and self.latest_rtt > 0 and self.latest_rtt >= SUDDEN_SLOWDOWN * rtt
+        if not (sudden_uplink or sudden_rtt):
             return settings
+        uplink = self.latest_uplink if sudden_uplink else uplink
+        rtt = self.latest_rtt if sudden_rtt and self.latest_rtt is not None else rtt
         on_latest = estimate.settings_on_link(
             round_index, uplink_bytes_per_s=uplink, rtt_s=rtt, max_inner_steps=settings.inner_steps, warn_if_too_slow=False
         )
@@ -126,7 +133,7 @@ class RoundPeriodSchedule:
             settings.inner_steps,
             on_latest.density,
             on_latest.bits,
-            f"latest exchange alone saw a slower link, leaner until confirmed: {on_latest.reason}",
+            f"latest exchange alone saw a much slower link, leaner until confirmed: {on_latest.reason}",
         )
 
     def observe(self, observation: RoundObservation) -> None:
