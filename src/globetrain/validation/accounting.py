@@ -180,7 +180,7 @@ class Adaptation:
     before: tuple[float, int] | None
     """(density, bits) of the last round that ended before the change."""
     rounds_until_change: int | None
-    """Rounds started after the change until the first one with another choice (1 = the first); None: never."""
+    """Rounds started after the change until the first one with a leaner choice (1 = the first); None: never."""
     first_changed: tuple[float, int] | None
     rounds_after: int
 
@@ -195,8 +195,11 @@ class Adaptation:
 
 
 def adaptation_after(rounds: Sequence[Mapping[str, Any]], change_time: float) -> Adaptation:
-    """Rounds (one device's round lines) until its (density, bits) moved after ``change_time``.
+    """Rounds (one device's round lines) until its (density, bits) got leaner after ``change_time``.
 
+    Leaner: fewer bits per value of the model (density x bits), i.e. a smaller payload.
+    A rate drop asks for a smaller payload; a richer choice after it (a device whose
+    settings swung before the drop, swinging back) is not an adaptation to it.
     Rounds without a QoS choice (H 0: catching up, stopped) neither count as the
     baseline nor as a change.
     """
@@ -205,9 +208,13 @@ def adaptation_after(rounds: Sequence[Mapping[str, Any]], change_time: float) ->
     after = [line for line in chosen if _started_at_or_after(line, change_time)]
     baseline = payload_choice(before[-1]) if before else None
     for index, line in enumerate(after, start=1):
-        if baseline is not None and payload_choice(line) != baseline:
+        if baseline is not None and _leaner(payload_choice(line), baseline):
             return Adaptation(change_time, baseline, index, payload_choice(line), len(after))
     return Adaptation(change_time, baseline, None, None, len(after))
+
+
+def _leaner(choice: tuple[float, int], baseline: tuple[float, int]) -> bool:
+    return choice[0] * choice[1] < baseline[0] * baseline[1]
 
 
 def _started_at_or_after(line: Mapping[str, Any], change_time: float) -> bool:
@@ -228,7 +235,7 @@ def change_was_needed(rounds: Sequence[Mapping[str, Any]], change_time: float, *
     The QoS keeps the richest payload whose exchange fits in the round's compute (its
     reason then reads ``exchange Xs fits Ys of compute``). While that holds after a rate
     drop there is nothing to adapt, and "adapted within 2 rounds" can be neither met nor
-    failed; any other reason (``leanest setting ...``) or a changed choice means it had to act.
+    failed; any other reason (``leanest setting ...``) or a leaner choice means it had to act.
     """
     after = [line for line in sorted(rounds, key=lambda line: float(line["t"]))
              if _started_at_or_after(line, change_time) and qos_choice(line)[0] > 0][:within]

@@ -163,6 +163,14 @@ def test_adaptation_sees_fewer_bits_as_a_change():
     assert adaptation_after(rounds, change_time=60.0).first_changed == (0.03, 4)
 
 
+def test_a_richer_choice_after_the_change_is_not_an_adaptation_to_a_rate_drop():
+    # Settings that swung before the drop (4 bits) and swing back (8 bits) after it.
+    rounds = [round_line(50.0, 1, bits=4), round_line(65.0, 1, bits=8), round_line(73.0, 1, density=0.01, bits=8)]
+    adaptation = adaptation_after(rounds, change_time=60.0)
+    assert adaptation.before == (0.03, 4)
+    assert adaptation.rounds_until_change == 2 and adaptation.first_changed == (0.01, 8)
+
+
 def test_adaptation_ignores_rounds_without_a_choice_and_reports_never():
     rounds = [round_line(50.0, 1, h=40), round_line(62.0, 1, h=0, density=0.0, bits=0), round_line(70.0, 1, h=22)]
     adaptation = adaptation_after(rounds, change_time=60.0)
