@@ -14,6 +14,7 @@ from globetrain.errors import CorruptPayload
 from globetrain.fleet import roster as roster_module
 from globetrain.fleet.checks import RejectionLog
 from globetrain.fleet.config import FleetConfig
+from globetrain.fleet.exchange import serving_rate
 from globetrain.fleet.keys import RunKeys
 from globetrain.fleet.roster import Roster, RosterRecord, leader_candidates, uplink_bucket
 from globetrain.fleet.run import RoundClock
@@ -49,6 +50,29 @@ def test_best_uplink_bucket_leads() -> None:
     slow = [record(f"Slow{i}", uplink_bucket=8) for i in range(5)]
     for round_index in range(20):
         assert leader_candidates(slow + [fast], round_index, CLOCK)[0].peer_id == "PeerFast"
+
+
+def test_a_far_device_whose_upload_hides_in_the_round_trip_does_not_outrank_a_near_one() -> None:
+    # Shaped validation: 1 Mbit/s at 150 ms one way, its 18 KB upload acked "at once" after
+    # the RTT (jitter), against 5 Mbit/s at 25 ms whose upload took measurably long.
+    payload = 18_000
+    far = serving_rate(payload, upload_seconds=1e-4, rtt_s=0.4)
+    near = serving_rate(payload, upload_seconds=0.03, rtt_s=0.06)
+    assert far == pytest.approx(payload / 0.4) and near == pytest.approx(payload / 0.06)
+    factor = FleetConfig().uplink_bucket_factor
+    records = [record("PeerFar", uplink_bucket=uplink_bucket(far, factor)),
+               record("PeerNear", uplink_bucket=uplink_bucket(near, factor))]
+    for round_index in range(20):
+        assert leader_candidates(records, round_index, CLOCK)[0].peer_id == "PeerNear"
+
+
+@given(st.integers(1, 10**7), st.floats(0.0, 100.0), st.floats(0.0, 10.0))
+def test_the_serving_rate_never_exceeds_the_payload_over_the_upload_or_the_round_trip(payload, upload, rtt) -> None:
+    rate = serving_rate(payload, upload, rtt)
+    assert 0 < rate <= payload / 1e-4
+    assert rate <= payload / max(upload, 1e-4) * (1 + 1e-12)
+    if rtt > 0:
+        assert rate <= payload / rtt * (1 + 1e-12)
 
 
 def test_bucket_change_counts_only_from_its_round() -> None:
