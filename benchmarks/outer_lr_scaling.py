@@ -21,6 +21,13 @@ Measured (3 seeds, 30,000 clips, benchmarks/results/outer_lr_scaling.json): vali
 0.881 with the plain average, 0.926 for one device alone, 0.978 with the sqrt(K) step,
 which alone passed 93 % in every seed.
 
+With 8 devices (``--devices 8 --clips 40000 --seeds 0 --eval-every 2000 --out
+benchmarks/results/outer_lr_scaling_devices8``, one seed): val 0.871 with the sqrt(K)
+step, 0.892 with the plain average, 0.846 alone. The sqrt(8) step learns sooner (60 %
+after 12k clips, plain: 16k) but swings: 0.60 at 16k clips, 0.29 at 19k, 0.74 at 23k,
+0.60 at 24k, where the plain average rises steadily. A step of sqrt(K) assumes the K
+updates' disagreement is noise; with 8 non-IID shards part of it is not.
+
 Results are counted in clips, not seconds (runs go two at a time in separate processes).
 Writes benchmarks/results/outer_lr_scaling.json and .png.
 
