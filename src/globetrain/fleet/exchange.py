@@ -457,10 +457,11 @@ def serving_rate(payload_bytes: int, upload_seconds: float, rtt_s: float) -> flo
 
     An upload shorter than a round trip cannot be timed: it hides inside the ack's round
     trip and its jitter (in the shaped validation a 10 Mbit/s device 90 ms away measured
-    1,400 Mbit/s, and the 1 Mbit/s device 150 ms away ranked first and led the rounds it
-    then could not serve). A leader answers every member over a round trip too, so the
-    rate leader choice compares is a link's rate capped by its latency: far devices rank
-    below near ones of the same rate. The QoS keeps the uncapped throughput beside the RTT.
+    1,400 Mbit/s and outranked everyone). A leader answers every member over a round
+    trip too, so the rate leader choice compares is a link's rate capped by its latency:
+    far devices rank below near ones of the same rate. The QoS keeps the uncapped
+    throughput beside the RTT. Small payloads still do not tell a 1 from a 50 Mbit/s
+    uplink (docs/validation.md, runs H and I).
     """
     return payload_bytes / max(upload_seconds, rtt_s, 1e-4)
 
