@@ -162,18 +162,18 @@ class AdaptiveSchedule:
         ``settings_for`` asks about the link the measurements estimate; a caller may ask about
         another one (the fleet's QoS: the link its latest exchange alone saw).
         """
-        sync = self.sync
-        qos = self.qos.replace(max_inner_steps=max(self.qos.min_inner_steps, max_inner_steps))
+        sync, qos = self.sync, self.qos
+        max_steps = max(qos.min_inner_steps, max_inner_steps)
         if round_index < sync.dense_warmup_rounds:
             return RoundSettings(sync.inner_steps, 1.0, 32, "dense warm-up")
-        base_steps = min(max(sync.inner_steps, qos.min_inner_steps), qos.max_inner_steps)
+        base_steps = min(max(sync.inner_steps, qos.min_inner_steps), max_steps)
         default_density = min(max(sync.density, qos.min_density), qos.max_density)
         default_bits = sync.bits if sync.bits in qos.bits_choices else qos.bits_choices[0]
         if not qos.enabled:
             return RoundSettings(sync.inner_steps, sync.density, sync.bits, "qos off")
         if self.step_seconds is None or uplink_bytes_per_s is None:
             return RoundSettings(base_steps, default_density, default_bits, "no measurements yet")
-        steps_options = _doubling(base_steps, qos.max_inner_steps)
+        steps_options = _doubling(base_steps, max_steps)
         for steps in steps_options:
             budget = steps * self.step_seconds * qos.fit_fraction
             for density, bits in self.candidates:

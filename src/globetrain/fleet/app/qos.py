@@ -117,12 +117,13 @@ class RoundPeriodSchedule:
         if estimate.uplink_bytes_per_s is None or self.latest_uplink is None:
             return settings
         uplink, rtt = estimate.uplink_bytes_per_s, estimate.rtt_s or 0.0
+        latest_rtt = self.latest_rtt or 0.0
         sudden_uplink = self.latest_uplink * SUDDEN_SLOWDOWN <= uplink
-        sudden_rtt = self.latest_rtt is not None and self.latest_rtt > 0 and self.latest_rtt >= SUDDEN_SLOWDOWN * rtt
+        sudden_rtt = latest_rtt > 0 and latest_rtt >= SUDDEN_SLOWDOWN * rtt
         if not (sudden_uplink or sudden_rtt):
             return settings
         uplink = self.latest_uplink if sudden_uplink else uplink
-        rtt = self.latest_rtt if sudden_rtt and self.latest_rtt is not None else rtt
+        rtt = latest_rtt if sudden_rtt else rtt
         on_latest = estimate.settings_on_link(
             round_index, uplink_bytes_per_s=uplink, rtt_s=rtt, max_inner_steps=settings.inner_steps, warn_if_too_slow=False
         )
