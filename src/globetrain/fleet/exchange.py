@@ -11,6 +11,8 @@ future at once; the exchange runs on the network thread:
    suspected and the next candidate tried (at most three);
 3. if the stream breaks after the ack (the leader died after serving some) or no leader
    answers, ask other peers' archives for r's aggregate until the aggregate deadline;
+   a leader that nobody reached while others were expected does the same before it
+   falls back on its solo average (``_instead_of_solo``);
 4. check the aggregate (envelope, round, codec, shapes, finite values, norm against the
    history of aggregates), keep it in this peer's archive, and resolve the future with
    the decoded update, the contributor count and samples, what the aggregate dropped of
@@ -231,9 +233,14 @@ class FleetExchange(Exchange):
                 if admission.result is None:
                     break
                 result = await asyncio.shield(admission.result)
-                traffic.source = "local"
                 collection = self.leader.collections.get(round_index)
-                recipients = len(collection.arrived - {self.me}) if collection is not None else 0
+                arrived = collection.arrived if collection is not None else {self.me}
+                if arrived <= {self.me} and self.roster.participants(round_index) - {self.me}:
+                    group = await self._instead_of_solo(round_index, traffic)
+                    if group is not None:
+                        return group
+                traffic.source = "local"
+                recipients = len(arrived - {self.me})
                 traffic.bytes_sent += (len(result.sealed) + 4) * recipients
                 return result.sealed
             try:
@@ -251,6 +258,42 @@ class FleetExchange(Exchange):
             break
         found = await self._from_archives(round_index, tried | self.roster.excluded(), traffic)
         assert found is not None  # without a pass limit it returns an aggregate or is cancelled
+        return found
+
+    async def _instead_of_solo(self, round_index: int, traffic: RoundTraffic) -> bytes | None:
+        """This peer led ``round_index`` and nobody reached it, though others were expected.
+
+        Most likely its own link just got worse (a device whose rate was cut tenfold,
+        measured in the shaped validation): the others timed out on it, suspected it and
+        averaged under the next candidate. Applying the solo average would split this
+        device off the fleet (it diverges and must download the whole state over the very
+        link that is slow), so it takes the group's aggregate from their archives (its own
+        update goes back to its error feedback) and ranks itself last as leader until it
+        measures its uplink again. When no peer has one shortly before the aggregate
+        deadline (the others really are gone, or catching up), the solo average stands.
+        """
+        expected = len(self.roster.participants(round_index) - {self.me})
+        log.warning(
+            "[%s round %d] led the round alone while %d peers were expected (they could not reach this device in "
+            "time); taking the round's aggregate from their leader instead, and stepping back as leader",
+            self.name, round_index, expected,
+        )
+        self.stats["solo_rounds_led"] += 1
+        self.serving_bytes_per_s = None
+        self.roster.step_back_as_leader(round_index)
+        # The others' leader closes its window when this one did; leave a tenth of a period
+        # at the end to check and apply the solo average should no peer hold another.
+        budget = self.clock.aggregate_deadline(round_index) - self.fleet.seconds(0.1) - time.time()
+        try:
+            found = await asyncio.wait_for(
+                self._from_archives(round_index, {self.me} | self.roster.excluded(), traffic), timeout=max(budget, 0.0)
+            )
+        except asyncio.TimeoutError:
+            found = None
+        if found is None:
+            log.warning("[%s round %d] no peer holds another aggregate of the round: applying the solo one", self.name, round_index)
+            return None
+        self.stats["solo_rounds_replaced"] += 1
         return found
 
     async def _via_leader(

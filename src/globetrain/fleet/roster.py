@@ -60,6 +60,8 @@ Role = Literal["device", "bootstrap"]
 MAX_ROSTER_RECORD_BYTES = 16 << 10
 MAX_ADDRESSES = 16
 UNKNOWN_BUCKET = -1
+LAST_AS_LEADER_BUCKET = 0
+"""What a peer that nobody reached as leader publishes: below any real link (>= 4 bytes/s)."""
 MAX_BAD_ENTRIES_REMEMBERED = 4096
 """Bad roster entries remembered so each is counted once (a stranger's flood ages out)."""
 
@@ -250,7 +252,17 @@ class Roster:
 
     def note_uplink(self, bytes_per_s: float | None, current_round: int) -> None:
         """Publish a new uplink bucket, effective two rounds on, once the last change counts."""
-        bucket = uplink_bucket(bytes_per_s, self.fleet.uplink_bucket_factor)
+        self._publish_bucket(uplink_bucket(bytes_per_s, self.fleet.uplink_bucket_factor), current_round)
+
+    def step_back_as_leader(self, current_round: int) -> None:
+        """Rank this peer below every measured uplink from two rounds on: none of its peers reached it.
+
+        The next ``note_uplink`` (its next exchange through another leader) publishes
+        what it measures then.
+        """
+        self._publish_bucket(LAST_AS_LEADER_BUCKET, current_round)
+
+    def _publish_bucket(self, bucket: int, current_round: int) -> None:
         with self._lock:
             me = self.me
             if bucket == UNKNOWN_BUCKET or bucket == me.uplink_bucket or current_round < me.bucket_from_round:

@@ -255,6 +255,37 @@ def arm_crash(node: FleetNode, path: str, stop: threading.Event) -> None:
     threading.Thread(target=watch, name="crash", daemon=True).start()
 
 
+def arm_deafness(node: FleetNode, path: str, stop: threading.Event) -> None:
+    """From the round written to ``path`` on, drop every contribute stream other peers open for it.
+
+    The peer stays alive, heartbeats and contributes to other leaders; as a leader nobody
+    reaches it, like a device whose uplink was just cut to a trickle.
+    """
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                target = int(Path(path).read_text().strip())
+                break
+            except (OSError, ValueError):
+                stop.wait(0.05)
+        else:
+            return
+        leader = node.leader
+        assert leader is not None
+        open_envelope_of = leader._open
+
+        def deaf_open(conversation: Any, data: bytes, kind: Any, bound: int) -> Any:
+            envelope = open_envelope_of(conversation, data, kind, bound)
+            if envelope is not None and envelope.round >= target:
+                return None  # the handler returns and the stream closes unanswered
+            return envelope
+
+        leader._open = deaf_open  # type: ignore[method-assign]
+
+    threading.Thread(target=watch, name="deaf", daemon=True).start()
+
+
 # ------------------------------------------------------------------------------------------
 # the attacker (wrong key)
 
@@ -368,12 +399,15 @@ def run_peer(args: argparse.Namespace, network: FleetNetworkConfig, status: Stat
             upcoming = node.roster.candidates(record["round"] + 1, alive_at=time.time())
             record["next_leader"] = upcoming[0].peer_id if upcoming else None
             status.write("round", **record, finite=finite, rejections=view["rejections"],
-                         rejections_by_sender=view["rejections_by_sender"], bytes=view["bytes"], roster=view["roster"])
+                         rejections_by_sender=view["rejections_by_sender"], bytes=view["bytes"], roster=view["roster"],
+                         exchange=view["exchange"])
 
         driver = RoundDriver(node, loop, train_step=train_step, stop=stop, on_round=on_round,
                              max_steps_per_round=args.steps_per_round)
         if args.crash_file:
             arm_crash(node, args.crash_file, stop)
+        if args.deaf_file:
+            arm_deafness(node, args.deaf_file, stop)
         download = driver.join()
         status.write("joined", round=loop.round, downloaded=download.__dict__ if download else None,
                      digest=loop.last_digest)
@@ -427,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rogue", choices=["cycle"], default=None, help="test only: send bad contributions")
     parser.add_argument("--perturb-file", default=None, help="test only: nudge the global model in the round written here")
     parser.add_argument("--crash-file", default=None, help="test only: SIGKILL this peer in the round written here")
+    parser.add_argument("--deaf-file", default=None,
+                        help="test only: from the round written here on, leave other peers' contributions unanswered")
     parser.add_argument("--attack-run-id", default=None, help="test only: act as a wrong-key peer of this run id")
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser

@@ -1,4 +1,5 @@
-"""A leader SIGKILLed in the middle of its round's exchange costs the others at most that round."""
+"""Leaders that fail: one SIGKILLed in the middle of its round's exchange costs the others
+at most that round; one nobody can reach does not split itself off the fleet."""
 
 from __future__ import annotations
 
@@ -64,4 +65,42 @@ def test_killed_leader_stalls_nobody_beyond_its_round(fleet: Fleet, tmp_path) ->
     watchers = [*survivors, bootstrap]
     for round_index in range(killed_round - 1, last_applied + 1):
         digests = {d.name: d.digests().get(round_index) for d in watchers}
+        assert len(set(digests.values())) == 1, f"round {round_index}: {digests}"
+
+
+def test_a_leader_nobody_reaches_applies_the_groups_aggregate_not_its_solo_one(fleet: Fleet, tmp_path) -> None:
+    # Prepare: three devices; once they averaged together, one goes deaf: it leaves every
+    # contribution sent to it unanswered (a device whose uplink was just cut), while it
+    # keeps heartbeating and contributing to the others' leaders.
+    bootstrap = fleet.start_bootstrap(start_delay=8.0)
+    devices = {f"dev{i}": fleet.start_device(f"dev{i}", i, rounds=60) for i in range(2)}
+    deaf_file = tmp_path / "deaf"
+    victim = fleet.start_device("dev2", 2, rounds=60, extra=["--deaf-file", str(deaf_file)])
+    observer = devices["dev0"]
+    wait_for(
+        lambda: any(a["status"] == "applied" and a["contributors"] == 3 for a in observer.applied().values()),
+        60, "a round averaged over all three devices",
+    )
+    deaf_from = max(observer.rounds()) + 1
+    deaf_file.write_text(str(deaf_from))
+
+    # Execute: wait for a round it leads in its own view; the others cannot reach it and
+    # average under the next candidate (each round, 1 in 3 leads by the rotation).
+    def replaced() -> int:
+        latest = max(victim.rounds().values(), key=lambda r: r["round"], default=None)
+        return latest["exchange"].get("solo_rounds_replaced", 0) if latest else 0
+
+    wait_for(lambda: replaced() >= 1, 40 * fleet.period, "the deaf device to lead a round alone and replace its average")
+
+    # Assert: it applied the other two devices' aggregate for that round (its own update
+    # went back to its error feedback), never diverged, and holds the others' model.
+    applied = victim.applied()
+    rounds = [r for r in applied if r >= deaf_from]
+    assert any(applied[r]["status"] == "applied" and applied[r]["contributors"] == 2 for r in rounds), applied
+    assert all(applied[r]["status"] != "diverged" for r in rounds), applied
+    last = max(rounds)
+    wait_for(lambda: all(last in p.digests() for p in (*devices.values(), bootstrap)), 10 * fleet.period,
+             f"every peer to process round {last}")
+    for round_index in range(deaf_from, last + 1):
+        digests = {p.name: p.digests().get(round_index) for p in (*devices.values(), victim, bootstrap)}
         assert len(set(digests.values())) == 1, f"round {round_index}: {digests}"

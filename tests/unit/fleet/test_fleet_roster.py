@@ -144,3 +144,21 @@ def test_bad_dht_entries_are_counted_once_and_remembered_in_bounded_memory(monke
         assert roster._open(f"Stranger{index}", b"junk") is None
     assert rejections.total() == 101
     assert len(roster._bad_entries) == 8
+
+
+def test_a_peer_that_stepped_back_leads_no_round_from_two_rounds_on_until_it_measures_again() -> None:
+    # Prepare: this peer has the best uplink of four; the others sit one bucket lower.
+    peer = types.SimpleNamespace(peer_id="PeerMe", name="me", addresses=())
+    roster = Roster(peer, RunKeys.from_run_key(bytes(32)), CLOCK, role="device", rejections=RejectionLog())  # type: ignore[arg-type]
+    roster.update_me(joined_at=900.0, alive_until=10_000.0, uplink_bucket=9, previous_uplink_bucket=9)
+    roster.records = {r.peer_id: r for r in (record(f"Other{i}", uplink_bucket=8) for i in range(3))}
+    assert {roster.candidates(r)[0].peer_id for r in range(20, 40)} == {"PeerMe"}
+    # Execute: nobody reached it as leader of round 20.
+    roster.step_back_as_leader(20)
+    # Assert: views of rounds 20-21 keep the old ranking (peers may lag by a round); from
+    # 22 on it ranks last; its next measured uplink counts two rounds after it.
+    assert roster.candidates(21)[0].peer_id == "PeerMe"
+    assert all(roster.candidates(r)[-1].peer_id == "PeerMe" for r in range(22, 40))
+    roster.note_uplink(4.0**9 * 1.5, 25)
+    assert all(roster.candidates(r)[-1].peer_id == "PeerMe" for r in range(22, 27))
+    assert {roster.candidates(r)[0].peer_id for r in range(27, 40)} == {"PeerMe"}
