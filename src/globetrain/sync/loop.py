@@ -5,7 +5,7 @@ inner steps, forms the pseudo-gradient (the drift of its parameters since the ro
 started), compresses it with error feedback (step 2, ``globetrain.compression``),
 hands it to an ``Exchange`` and, ``apply_delay`` rounds later, applies the group's
 sample-weighted average to the global model with the outer optimizer (its step
-optionally scaled by sqrt(contributors), ``SyncConfig.outer_lr_scaling``).
+optionally scaled by sqrt(contributors) up to a cap, ``SyncConfig.outer_lr_scaling``).
 
 State kept per device (all float32, parameter shapes):
 
@@ -382,7 +382,7 @@ class SyncLoop:
         # Every member of a group reads the same contributor count from the aggregate, so
         # the scaled step keeps their global models identical.
         if self.config.outer_lr_scaling == "sqrt-contributors":
-            return math.sqrt(max(contributors, 1))
+            return min(math.sqrt(max(contributors, 1)), self.config.outer_lr_max_scale)
         return 1.0
 
     def _abandon(self, item: _InFlight, reason: str) -> AppliedExchange:

@@ -31,6 +31,7 @@ def test_unknown_key_is_refused_with_the_known_ones_listed() -> None:
         ({"apply_delay": 2}, "apply_delay = 2"),
         ({"nesterov": "yes"}, "nesterov = 'yes'"),
         ({"outer_lr_scaling": "linear"}, "outer_lr_scaling = 'linear'"),
+        ({"outer_lr_max_scale": 0.5}, "outer_lr_max_scale = 0.5"),
     ],
 )
 def test_bad_values_name_field_and_value(data: dict, fragment: str) -> None:

@@ -371,12 +371,18 @@ def test_an_exchange_without_a_link_measurement_is_observed_only_when_applied() 
     assert len(schedule.observations) == 1
 
 
-@pytest.mark.parametrize("scaling,expected_scale", [("none", 1.0), ("sqrt-contributors", 2.0)])
-def test_outer_lr_scaling_multiplies_the_average_of_k_updates_by_sqrt_k(scaling: str, expected_scale: float) -> None:
-    # Prepare: 4 workers from one start, each with its own random drift, lossless codec.
-    group = InProcessGroup(4)
-    config = plain_config(apply_delay=0, outer_lr_scaling=scaling)
-    models = [make_model() for _ in range(4)]
+@pytest.mark.parametrize(
+    "workers,scaling,max_scale,expected_scale",
+    [(4, "none", 2.0, 1.0), (4, "sqrt-contributors", 2.0, 2.0), (9, "sqrt-contributors", 2.0, 2.0),
+     (9, "sqrt-contributors", float("inf"), 3.0), (2, "sqrt-contributors", 2.0, 2**0.5)],
+)
+def test_outer_lr_scaling_multiplies_the_average_of_k_updates_by_sqrt_k_up_to_the_cap(
+    workers: int, scaling: str, max_scale: float, expected_scale: float
+) -> None:
+    # Prepare: K workers from one start, each with its own random drift, lossless codec.
+    group = InProcessGroup(workers)
+    config = plain_config(apply_delay=0, outer_lr_scaling=scaling, outer_lr_max_scale=max_scale)
+    models = [make_model() for _ in range(workers)]
     loops = [SyncLoop(model, None, group.exchange(index), config, device_index=index) for index, model in enumerate(models)]
     start = [p.detach().clone() for p in models[0].parameters()]
     generator = torch.Generator().manual_seed(8)
@@ -391,5 +397,5 @@ def test_outer_lr_scaling_multiplies_the_average_of_k_updates_by_sqrt_k(scaling:
     # Assert: every worker's global model moved by expected_scale x the average drift.
     for loop in loops:
         for position, (global_value, initial) in enumerate(zip(loop.global_params, start)):
-            average = sum(drift[position] for drift in drifts) / 4
+            average = sum(drift[position] for drift in drifts) / workers
             torch.testing.assert_close(global_value, initial - expected_scale * average, rtol=0, atol=1e-5)
