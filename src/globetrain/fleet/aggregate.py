@@ -1,6 +1,7 @@
 """A round's aggregate: the sample-weighted average, its re-encoding, and its message.
 
-The leader averages the accepted contributions weighted by their samples, then encodes
+The leader averages the accepted contributions weighted by their samples (capped at the
+round's median: ``globetrain.sync.weighting``), then encodes
 the average with our codec again: density ``aggregate_density_factor`` x the densest
 contribution's (capped at 1), bits of the run (32 when the group sent dense, as in a
 warm-up round, so those rounds stay lossless). Every device, the leader included, applies
@@ -111,14 +112,6 @@ def unpack_aggregate(data: bytes, *, max_contributors: int) -> tuple[AggregateIn
         raise CorruptPayload(f"aggregate info length {size} does not fit a message of {len(data)} bytes")
     info = AggregateInfo.from_json(data[_LENGTH.size : _LENGTH.size + size], max_contributors=max_contributors)
     return info, data[_LENGTH.size + size :]
-
-
-def sample_weights(samples: Sequence[int]) -> list[float]:
-    """Weights proportional to samples; equal weights when nobody reports samples."""
-    total = sum(max(int(s), 0) for s in samples)
-    if total <= 0:
-        return [1.0 / len(samples)] * len(samples)
-    return [max(int(s), 0) / total for s in samples]
 
 
 def weighted_average(

@@ -6,7 +6,8 @@ during the collection window, closing early once every peer the roster expects h
 submitted. Then:
 
 1. the outlier bounds (norm and samples, ``checks.OutlierBound``) refuse outsized updates;
-2. the accepted updates are averaged, weighted by samples, and re-encoded (``aggregate``);
+2. the accepted updates are averaged, weighted by samples capped at the round's median
+   (``sync.weighting``), and re-encoded (``aggregate``);
 3. the aggregate envelope (with the contributor list, the total samples and the leader's
    global-model digest) goes to every contributor and listener of the round, on the
    stream each of them opened, and into this peer's archive.
@@ -35,7 +36,6 @@ from globetrain.fleet.aggregate import (
     aggregate_codec,
     aggregate_seed,
     pack_aggregate,
-    sample_weights,
     weighted_average,
 )
 from globetrain.fleet.archive import AggregateArchive
@@ -52,6 +52,7 @@ from globetrain.fleet.keys import RunKeys
 from globetrain.fleet.roster import Roster
 from globetrain.fleet.run import RoundClock
 from globetrain.fleet.transport import Conversation, frame_kind
+from globetrain.sync.weighting import sample_weights
 
 log = logging.getLogger(__name__)
 

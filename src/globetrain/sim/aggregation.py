@@ -1,8 +1,9 @@
 """A simulated leader's math: the fleet's aggregation code, applied at each level of leaders.
 
 A leader averages the updates it received weighted by samples and re-encodes the average
-(``globetrain.fleet.aggregate``: ``sample_weights``, ``weighted_average``,
-``aggregate_codec``, ``aggregate_seed``), exactly as ``fleet.leader.LeaderService`` does.
+(``globetrain.sync.weighting.sample_weights``, ``globetrain.fleet.aggregate``:
+``weighted_average``, ``aggregate_codec``, ``aggregate_seed``), exactly as
+``fleet.leader.LeaderService`` does.
 With more than one level, a group leader's re-encoded aggregate is what the next level
 averages (weighted by the group's samples), and the root's re-encoded average is what
 every device applies.
@@ -20,7 +21,8 @@ from collections.abc import Sequence
 import torch
 
 from globetrain.compression import Codec, SparseTensorUpdate
-from globetrain.fleet.aggregate import aggregate_codec, aggregate_seed, sample_weights, weighted_average
+from globetrain.fleet.aggregate import aggregate_codec, aggregate_seed, weighted_average
+from globetrain.sync.weighting import proportional_weights, sample_weights
 
 
 def aggregate(
@@ -33,9 +35,14 @@ def aggregate(
     run_id: bytes,
     round_index: int,
     decoder: Codec,
+    of_groups: bool = False,
 ) -> tuple[bytes, list[SparseTensorUpdate]]:
-    """The leader's re-encoded, sample-weighted average: (payload, what receivers decode)."""
-    weights = sample_weights(list(samples))
+    """The leader's re-encoded, sample-weighted average: (payload, what receivers decode).
+
+    Devices' contributions are weighted as the fleet's leader does (``sample_weights``);
+    ``of_groups``: the updates are lower leaders' aggregates, weighted by their samples.
+    """
+    weights = proportional_weights(samples) if of_groups else sample_weights(samples)
     average = weighted_average(updates, weights, shapes)
     numel = sum(int(torch.Size(shape).numel()) for shape in shapes)
     codec = aggregate_codec(updates, density_factor=density_factor, bits=bits, max_elements=max(numel, 1))

@@ -506,6 +506,7 @@ class LeaderRounds:
             _, aggregator.sparse = aggregate(
                 updates, samples, self.proxy_shapes, density_factor=self.fleet_config.aggregate_density_factor,
                 bits=self.bits, run_id=ctx.run_id, round_index=exchange.round, decoder=self.decoder,
+                of_groups=aggregator.level > 1,
             )
             aggregator.real_density = min(1.0, densest * self.fleet_config.aggregate_density_factor)
             bits = 32 if aggregator.real_density >= 1.0 else self.bits

@@ -24,7 +24,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from globetrain.compression import Codec
-from globetrain.fleet.aggregate import sample_weights, weighted_average
+from globetrain.fleet.aggregate import weighted_average
 from globetrain.sim.collectives import (
     CollectiveTiming,
     butterfly_allreduce,
@@ -35,6 +35,7 @@ from globetrain.sim.collectives import (
 from globetrain.sim.context import SimContext, SimNode
 from globetrain.sim.exchange import resolve
 from globetrain.sync.exchange import Contribution, ExchangeOutcome
+from globetrain.sync.weighting import sample_weights
 
 
 @dataclasses.dataclass(eq=False)

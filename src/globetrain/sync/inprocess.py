@@ -2,7 +2,7 @@
 
 ``InProcessGroup`` is the exchange of tests, benchmarks and the in-process demo: a
 round resolves when every active member has submitted it, to the sample-weighted
-average of the decoded payloads (the same decode every real receiver runs). It has
+average (``sync.weighting``) of the decoded payloads (the same decode every real receiver runs). It has
 no network, so it measures no link; members can leave, rejoin, or have a round fail,
 which is how the loop's failure handling is tested.
 """
@@ -17,6 +17,7 @@ import torch
 from globetrain.compression import Codec
 from globetrain.errors import CorruptPayload, ExchangeFailed
 from globetrain.sync.exchange import Contribution, Exchange, ExchangeOutcome
+from globetrain.sync.weighting import sample_weights
 
 
 class InProcessGroup:
@@ -114,9 +115,8 @@ class InProcessGroup:
         shapes = [tuple(t.shape) for t in first]
         decoded = [first] + [self._decoder.decode_sparse(c.payload, expect=shapes) for c in contributions[1:]]
         update = [torch.zeros(shape, dtype=torch.float32) for shape in shapes]
-        for contribution, tensors in zip(contributions, decoded):
-            # Equal weights when nobody reports samples (e.g. a pure optimisation test).
-            weight = contribution.samples / total if total > 0 else 1.0 / len(contributions)
+        weights = sample_weights([c.samples for c in contributions])
+        for weight, tensors in zip(weights, decoded):
             for target, sparse in zip(update, tensors):
                 sparse.add_into(target, alpha=weight)
         return update, total

@@ -11,7 +11,6 @@ from globetrain.fleet.aggregate import (
     AggregateInfo,
     pack_aggregate,
     returned_values,
-    sample_weights,
     unpack_aggregate,
     weighted_average,
 )
@@ -104,8 +103,10 @@ def test_leader_averages_honest_updates_and_refuses_each_bad_one() -> None:
     assert info.contributors == ("PeerA", "PeerB", "PeerC")
     assert (info.base_round, info.base_digest) == (ROUND - 1, "ab" * 32)
     assert envelope.samples == 112 and envelope.round == ROUND
+    # Weighted by samples capped at the round's median (32): B's 64 count as 32.
+    share = {"PeerA": 32 / 80, "PeerB": 32 / 80, "PeerC": 16 / 80}
     expected_average = [
-        sum(u[i] * n / 112 for u, n in honest.values()) for i in range(len(SHAPES))
+        sum(u[i] * share[sender] for sender, (u, _) in honest.items()) for i in range(len(SHAPES))
     ]
     got = Codec(1.0, 32).decode(payload)
     for have, want in zip(got, expected_average):
@@ -127,9 +128,7 @@ def test_a_round_with_nothing_acceptable_fails_for_everyone() -> None:
     assert first.info.status == "failed" and "no contribution accepted" in first.info.reason
 
 
-def test_sample_weights_and_weighted_average() -> None:
-    assert sample_weights([1, 3]) == [0.25, 0.75]
-    assert sample_weights([0, 0]) == [0.5, 0.5]
+def test_weighted_average() -> None:
     codec = Codec(1.0, 32)
     a, b = update(1), update(2)
     average = weighted_average([codec.decode_sparse(codec.encode(a)), codec.decode_sparse(codec.encode(b))], [0.25, 0.75], SHAPES)
