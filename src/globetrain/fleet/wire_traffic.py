@@ -4,10 +4,20 @@ The fleet streams count what the protocol sends (updates, aggregates, state). A 
 also sends what it does not write itself: DHT requests and answers, libp2p's own
 handshakes, pings and framing, TCP acknowledgements. All of it leaves through the TCP
 sockets of the peer's libp2p daemon, and Linux keeps per-socket counters for them
-(``tcp_info``: ``bytes_sent`` with retransmissions, ``bytes_received``, segments in and
-out). ``WireTraffic`` reads them with ``ss`` (iproute2) for the sockets the daemon holds
-(``/proc/PID/fd``), every ``poll_every_s``, and keeps running totals per socket, so a
-connection that closes loses at most one polling interval of traffic.
+(``tcp_info``). ``WireTraffic`` reads them with ``ss`` (iproute2) for the sockets the
+daemon holds (``/proc/PID/fd``), every ``poll_every_s``, and keeps running totals per
+socket, so a connection that closes loses at most one polling interval of traffic.
+
+What counts as sent: the bytes the peer acknowledged plus TCP's retransmissions
+(``bytes_acked`` + ``bytes_retrans``), not ``bytes_sent``. ``bytes_sent`` also counts
+every attempt that the device's own queue refused: when a shaper or a full router
+buffer on the device drops a segment locally, TCP hands it to the queue again later and
+counts it again, though it never reached the link. Measured in a namespace behind a
+100 kbit/s htb with a 16-frame FIFO (BBR, 300 KB): ``bytes_sent`` 6.9 MB, the interface
+310 KB, ``bytes_acked`` 300 KB; in the shaped validation the device on 0.1 Mbit/s
+reported 1.1-1.25x what its interface sent. Segments likewise: those delivered plus the
+pure ACKs (``delivered`` + ``segs_out`` - ``data_segs_out``; ``segs_out`` on kernels
+before 4.18, which lack ``delivered``).
 
 The frame estimate adds, per TCP segment, what an Ethernet/IPv4/TCP frame carries beyond
 the payload (14 + 20 + 32 bytes: the TCP header with the timestamp option Linux uses by
@@ -33,7 +43,9 @@ FRAME_OVERHEAD_BYTES = 14 + 20 + 32
 """Ethernet header, IPv4 header and TCP header with timestamps, per segment."""
 SS_TIMEOUT_S = 5.0
 _SOCKET_LINK = re.compile(r"socket:\[(\d+)\]")
-_FIELD = re.compile(r"\b(ino|bytes_sent|bytes_acked|bytes_received|segs_out|segs_in):(\d+)")
+_FIELD = re.compile(
+    r"\b(ino|bytes_sent|bytes_acked|bytes_retrans|bytes_received|segs_out|segs_in|data_segs_out|delivered):(\d+)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +81,9 @@ def parse_ss(text: str) -> dict[int, SocketCounters]:
     def flush() -> None:
         if "ino" in fields and fields["ino"] != 0:
             sockets[fields["ino"]] = SocketCounters(
-                # bytes_sent (kernel 4.19+) includes retransmissions, as the wire does;
-                # older kernels only have bytes_acked (one more than the bytes, for the SYN).
-                sent=fields.get("bytes_sent", max(fields.get("bytes_acked", 0) - 1, 0)),
+                sent=_sent(fields),
                 received=fields.get("bytes_received", 0),
-                segments_out=fields.get("segs_out", 0),
+                segments_out=_segments_out(fields),
                 segments_in=fields.get("segs_in", 0),
             )
 
@@ -85,6 +95,20 @@ def parse_ss(text: str) -> dict[int, SocketCounters]:
             fields[name] = int(value)
     flush()
     return sockets
+
+
+def _sent(fields: dict[str, int]) -> int:
+    # ss prints a counter only when it is not 0. Bytes in flight count once acknowledged,
+    # so the total never goes down. bytes_acked counts the SYN as one byte.
+    return max(fields.get("bytes_acked", 0) - 1, 0) + fields.get("bytes_retrans", 0)
+
+
+def _segments_out(fields: dict[str, int]) -> int:
+    segments = fields.get("segs_out", 0)
+    if "delivered" in fields:
+        # Data segments handed to the queue but never delivered were refused locally.
+        segments -= max(fields.get("data_segs_out", 0) - fields["delivered"], 0)
+    return max(segments, 0)
 
 
 def socket_inodes(pid: int) -> set[int]:
