@@ -10,6 +10,8 @@ same number of clips of the whole fleet, every one measured in this run:
 - ``sqrt-contributors``: by sqrt(K) x that average, uncapped;
 - ``sqrt-contributors max 2``: by min(sqrt(K), 2) x that average (``sync.outer_lr_scaling``
   with ``sync.outer_lr_max_scale``, the demo's);
+- ``sqrt-contributors max 2 re-encoded``: the same, with the average re-encoded
+  as the fleet's leader does (``ReencodingGroup``);
 - ``one device alone``: one device on every class for 1/K of the clips, i.e. the same
   inner steps as each fleet device makes.
 
@@ -61,10 +63,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from globetrain.fleet.aggregate import returned_values  # noqa: E402
 from globetrain.fleet.app.demo_data import data_cache_root, ensure_dataset  # noqa: E402
 from globetrain.fleet.app.demo_presets import DEFAULT  # noqa: E402
 from globetrain.fleet.app.local_training import LocalTrainer  # noqa: E402
 from globetrain.fleet.app.spec import DataLayoutConfig, LocalTrainingConfig, VideoRunSpec  # noqa: E402
+from globetrain.fleet.config import FleetConfig  # noqa: E402
+from globetrain.sim.aggregation import aggregate  # noqa: E402
 from globetrain.sync import InProcessGroup, SyncConfig, SyncLoop  # noqa: E402
 from globetrain.video.config import DataConfig, ModelConfig  # noqa: E402
 from globetrain.video.dataset import load_dataset  # noqa: E402
@@ -76,13 +81,39 @@ from globetrain.video.sharding import shard  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 ALONE = "one device alone"
 CAPPED = "sqrt-contributors max 2"
+REENCODED = "sqrt-contributors max 2 re-encoded"
 VARIANTS = {
     # name: (sync.outer_lr_scaling, sync.outer_lr_max_scale)
     "none": ("none", 1.0),
     "sqrt-contributors": ("sqrt-contributors", float("inf")),
     CAPPED: ("sqrt-contributors", 2.0),
+    REENCODED: ("sqrt-contributors", 2.0),
     ALONE: ("none", 1.0),
 }
+
+
+class ReencodingGroup(InProcessGroup):
+    """The fleet leader's aggregation in one process (``sim.aggregation.aggregate``).
+
+    The average is re-encoded at ``aggregate_density_factor`` x the densest contribution's
+    density and the run's bits; what it does not carry of each contribution goes back to
+    that device's error feedback, as ``ExchangeOutcome.returned`` does in the fleet.
+    """
+
+    def __init__(self, size: int, *, bits: int) -> None:
+        super().__init__(size)
+        self.bits = bits
+
+    def _average(self, contributions):
+        decoded = self._decode(list(contributions.values()))
+        shapes = [tuple(part.shape) for part in decoded[0]]
+        _, carried = aggregate(
+            decoded, [c.samples for c in contributions.values()], shapes,
+            density_factor=FleetConfig().aggregate_density_factor, bits=self.bits, run_id=b"outer_lr_scaling",
+            round_index=self.rounds_resolved, decoder=self._decoder,
+        )
+        returned = {member: returned_values(own, carried) for member, own in zip(contributions, decoded)}
+        return [part.to_dense() for part in carried], sum(max(c.samples, 0) for c in contributions.values()), returned
 STEPS_PER_ROUND = 40
 """Inner steps per round: what a 4 s demo round holds for 4 devices on this machine."""
 
@@ -105,7 +136,7 @@ def run_variant(data_root: str, variant: str, devices: int, clips: int, seed: in
         outer_lr_max_scale=VARIANTS[variant][1],
         seed=seed,
     )
-    group = InProcessGroup(members)
+    group = ReencodingGroup(members, bits=sync.bits) if variant == REENCODED else InProcessGroup(members)
     fleet_clips = [0]
     devices_state = []
     for index in range(members):
@@ -223,7 +254,8 @@ def main() -> None:
               f"clips to {args.target:.0%}: {row['clips_to_target']}")
     for variant, points in summary["variants_vs_none_val_points"].items():
         print(f"  {variant} vs the plain average: {points:+.1f} val points")
-    colours = {"none": "tab:red", "sqrt-contributors": "tab:blue", CAPPED: "tab:green", ALONE: "tab:grey"}
+    colours = {"none": "tab:red", "sqrt-contributors": "tab:blue", CAPPED: "tab:green", REENCODED: "tab:olive",
+               ALONE: "tab:grey"}
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for run in runs:
         label = run["variant"] if run["seed"] == seeds[0] else None

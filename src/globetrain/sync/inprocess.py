@@ -14,7 +14,7 @@ from concurrent.futures import Future
 
 import torch
 
-from globetrain.compression import Codec
+from globetrain.compression import Codec, SparseTensorUpdate
 from globetrain.errors import CorruptPayload, ExchangeFailed
 from globetrain.sync.exchange import Contribution, Exchange, ExchangeOutcome
 from globetrain.sync.weighting import sample_weights
@@ -91,7 +91,7 @@ class InProcessGroup:
                 future.set_exception(ExchangeFailed(f"round {round_index}: {failure}"))
             return
         try:
-            update, samples = self._average([contribution for contribution, _ in entries.values()])
+            update, samples, returned = self._average({member: contribution for member, (contribution, _) in entries.items()})
         except CorruptPayload as error:
             for future in futures:
                 future.set_exception(ExchangeFailed(f"round {round_index}: corrupt contribution: {error}"))
@@ -103,23 +103,30 @@ class InProcessGroup:
                     update=update,
                     contributors=len(entries),
                     samples=samples,
+                    returned=returned.get(member),
                     bytes_sent=len(contribution.payload),
                     bytes_received=sum(len(c.payload) for m, (c, _) in entries.items() if m != member),
                 )
             )
         self.rounds_resolved += 1
 
-    def _average(self, contributions: list[Contribution]) -> tuple[list[torch.Tensor], int]:
-        total = sum(max(c.samples, 0) for c in contributions)
-        first = self._decoder.decode_sparse(contributions[0].payload, expect=self.shapes)
-        shapes = [tuple(t.shape) for t in first]
-        decoded = [first] + [self._decoder.decode_sparse(c.payload, expect=shapes) for c in contributions[1:]]
-        update = [torch.zeros(shape, dtype=torch.float32) for shape in shapes]
-        weights = sample_weights([c.samples for c in contributions])
+    def _average(
+        self, contributions: dict[int, Contribution]
+    ) -> tuple[list[torch.Tensor], int, dict[int, list[torch.Tensor] | None]]:
+        """(the weighted average, total samples, per member what goes back to its error feedback)."""
+        total = sum(max(c.samples, 0) for c in contributions.values())
+        decoded = self._decode(list(contributions.values()))
+        update = [torch.zeros(tuple(part.shape), dtype=torch.float32) for part in decoded[0]]
+        weights = sample_weights([c.samples for c in contributions.values()])
         for weight, tensors in zip(weights, decoded):
             for target, sparse in zip(update, tensors):
                 sparse.add_into(target, alpha=weight)
-        return update, total
+        return update, total, {}
+
+    def _decode(self, contributions: list[Contribution]) -> list[list[SparseTensorUpdate]]:
+        first = self._decoder.decode_sparse(contributions[0].payload, expect=self.shapes)
+        shapes = [tuple(t.shape) for t in first]
+        return [first] + [self._decoder.decode_sparse(c.payload, expect=shapes) for c in contributions[1:]]
 
 
 class InProcessExchange(Exchange):
