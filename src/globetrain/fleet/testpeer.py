@@ -35,6 +35,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -230,15 +231,7 @@ def arm_crash(node: FleetNode, path: str, stop: threading.Event) -> None:
     def die() -> None:
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
-    def watch() -> None:
-        while not stop.is_set():
-            try:
-                target = int(Path(path).read_text().strip())
-                break
-            except (OSError, ValueError):
-                stop.wait(0.05)
-        else:
-            return
+    def arm(target: int) -> None:
         leader = node.leader
         assert leader is not None
         finish = leader._finish
@@ -252,7 +245,7 @@ def arm_crash(node: FleetNode, path: str, stop: threading.Event) -> None:
         if not stop.wait(max(node.clock.collection_deadline(target) + 0.05 - time.time(), 0.0)):
             die()
 
-    threading.Thread(target=watch, name="crash", daemon=True).start()
+    when_round_is_written(path, stop, arm, name="crash")
 
 
 def arm_deafness(node: FleetNode, path: str, stop: threading.Event) -> None:
@@ -262,15 +255,7 @@ def arm_deafness(node: FleetNode, path: str, stop: threading.Event) -> None:
     reaches it, like a device whose uplink was just cut to a trickle.
     """
 
-    def watch() -> None:
-        while not stop.is_set():
-            try:
-                target = int(Path(path).read_text().strip())
-                break
-            except (OSError, ValueError):
-                stop.wait(0.05)
-        else:
-            return
+    def arm(target: int) -> None:
         leader = node.leader
         assert leader is not None
         open_envelope_of = leader._open
@@ -283,7 +268,23 @@ def arm_deafness(node: FleetNode, path: str, stop: threading.Event) -> None:
 
         leader._open = deaf_open  # type: ignore[method-assign]
 
-    threading.Thread(target=watch, name="deaf", daemon=True).start()
+    when_round_is_written(path, stop, arm, name="deaf")
+
+
+def when_round_is_written(path: str, stop: threading.Event, arm: Callable[[int], None], *, name: str) -> None:
+    """On a thread: once ``path`` holds a round number (the test writes it), call ``arm`` with it."""
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                target = int(Path(path).read_text().strip())
+            except (OSError, ValueError):
+                stop.wait(0.05)
+            else:
+                arm(target)
+                return
+
+    threading.Thread(target=watch, name=name, daemon=True).start()
 
 
 # ------------------------------------------------------------------------------------------
