@@ -2,9 +2,9 @@
 
 ``InProcessGroup`` is the exchange of tests, benchmarks and the in-process demo: a
 round resolves when every active member has submitted it, to the sample-weighted
-average (``sync.weighting``) of the decoded payloads (the same decode every real receiver runs). It has
-no network, so it measures no link; members can leave, rejoin, or have a round fail,
-which is how the loop's failure handling is tested.
+average (``sync.weighting``) of the decoded payloads (the same decode every real
+receiver runs). It has no network, so it measures no link; members can leave, rejoin,
+or have a round fail, which is how the loop's failure handling is tested.
 """
 
 from __future__ import annotations
