@@ -40,6 +40,11 @@ evaluations 0.07-0.08 vs 0.30-0.57 uncapped (0.03-0.07 plain); 60 % after 14k an
 clips (uncapped 23k and 13k, plain 17k and 13k). At 4 devices sqrt(4) = 2: the cap
 changes nothing there.
 
+With the fleet leader's re-encoding of the average (``--devices 8 --clips 40000 --seeds 0,1
+--eval-every 2000 --variants 'sqrt-contributors max 2,sqrt-contributors max 2 re-encoded'``,
+benchmarks/results/outer_lr_scaling_devices8_reencoded): validation 0.892 mean (0.896,
+0.887) vs 0.917 without it; the largest falls between evaluations 0.03 and 0.10.
+
 Results are counted in clips, not seconds (runs go two at a time in separate processes).
 Writes benchmarks/results/outer_lr_scaling.json and .png.
 
