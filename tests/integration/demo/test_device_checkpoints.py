@@ -46,7 +46,10 @@ def save_forever(path: str, progress: str) -> None:
         with torch.no_grad():
             loop.global_params[0].fill_(float(round_index))
         assert checkpointer.save(checkpointer.snapshot(loop, global_samples=round_index, local_state=None))
-        Path(progress).write_text(str(round_index))
+        # Atomically: a kill between write_text's truncate and its write left the marker
+        # empty (a flaky failure of the CI run of 2026-12-04).
+        Path(progress + ".tmp").write_text(str(round_index))
+        os.replace(progress + ".tmp", progress)
 
 
 def test_a_checkpoint_written_while_the_process_is_killed_is_the_old_or_the_new_one(tmp_path: Path):
