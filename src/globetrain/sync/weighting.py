@@ -6,7 +6,7 @@ rounds: a device on a slow link contributes the drift of 2-8 rounds at once (the
 makes its contributions rarer), and that drift already carries those rounds' steps.
 Weighting it by its samples as well counts them twice, and lets one device's non-IID
 drift dominate the average: in shaped validation run K a device contributing 7 rounds
-at once held 53 % of an average of 6, and validation fell 30 points within two
+at once held 53 % of an average of 6, and validation fell 35 points within two
 evaluations, then recovered. FedNova (Wang et al., 2020) names the bias: with
 heterogeneous local steps, step-weighted averaging optimises a skewed objective.
 
