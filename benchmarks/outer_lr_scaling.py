@@ -118,7 +118,7 @@ class ReencodingGroup(InProcessGroup):
             round_index=self.rounds_resolved, decoder=self._decoder,
         )
         returned = {member: returned_values(own, carried) for member, own in zip(contributions, decoded)}
-        return [part.to_dense() for part in carried], sum(max(c.samples, 0) for c in contributions.values()), returned
+        return [part.to_dense() for part in carried], returned
 STEPS_PER_ROUND = 40
 """Inner steps per round: what a 4 s demo round holds for 4 devices on this machine."""
 

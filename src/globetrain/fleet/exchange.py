@@ -235,8 +235,10 @@ class FleetExchange(Exchange):
                 result = await asyncio.shield(admission.result)
                 collection = self.leader.collections.get(round_index)
                 arrived = collection.arrived if collection is not None else {self.me}
-                if arrived <= {self.me} and self.roster.participants(round_index) - {self.me}:
-                    group = await self._instead_of_solo(round_index, traffic)
+                # Only a solo collection reads the roster: the usual led round does not.
+                expected = len(self.roster.participants(round_index) - {self.me}) if arrived <= {self.me} else 0
+                if expected:
+                    group = await self._instead_of_solo(round_index, expected, traffic)
                     if group is not None:
                         return group
                 traffic.source = "local"
@@ -260,7 +262,7 @@ class FleetExchange(Exchange):
         assert found is not None  # without a pass limit it returns an aggregate or is cancelled
         return found
 
-    async def _instead_of_solo(self, round_index: int, traffic: RoundTraffic) -> bytes | None:
+    async def _instead_of_solo(self, round_index: int, expected: int, traffic: RoundTraffic) -> bytes | None:
         """This peer led ``round_index`` and nobody reached it, though others were expected.
 
         Most likely its own link just got worse (a device whose rate was cut tenfold,
@@ -272,7 +274,6 @@ class FleetExchange(Exchange):
         measures its uplink again. When no peer has one shortly before the aggregate
         deadline (the others really are gone, or catching up), the solo average stands.
         """
-        expected = len(self.roster.participants(round_index) - {self.me})
         log.warning(
             "[%s round %d] led the round alone while %d peers were expected (they could not reach this device in "
             "time); taking the round's aggregate from their leader instead, and stepping back as leader",

@@ -15,9 +15,9 @@ buffer on the device drops a segment locally, TCP hands it to the queue again la
 counts it again, though it never reached the link. Measured in a namespace behind a
 100 kbit/s htb with a 16-frame FIFO (BBR, 300 KB): ``bytes_sent`` 6.9 MB, the interface
 310 KB, ``bytes_acked`` 300 KB; in the shaped validation devices on 0.1 and 1 Mbit/s
-reported up to 1.26x what their interface sent (runs H, I, M, N; run O: 0.997-1.037). Segments likewise: those delivered plus the
-pure ACKs (``delivered`` + ``segs_out`` - ``data_segs_out``; ``segs_out`` on kernels
-before 4.18, which lack ``delivered``).
+reported up to 1.26x what their interface sent (runs H, I, M, N; run O: 0.997-1.037).
+Segments likewise: those delivered plus the pure ACKs (``delivered`` + ``segs_out`` -
+``data_segs_out``; ``segs_out`` on kernels before 4.18, which lack ``delivered``).
 
 The frame estimate adds, per TCP segment, what an Ethernet/IPv4/TCP frame carries beyond
 the payload (14 + 20 + 32 bytes: the TCP header with the timestamp option Linux uses by

@@ -91,11 +91,12 @@ class InProcessGroup:
                 future.set_exception(ExchangeFailed(f"round {round_index}: {failure}"))
             return
         try:
-            update, samples, returned = self._average({member: contribution for member, (contribution, _) in entries.items()})
+            update, returned = self._average({member: contribution for member, (contribution, _) in entries.items()})
         except CorruptPayload as error:
             for future in futures:
                 future.set_exception(ExchangeFailed(f"round {round_index}: corrupt contribution: {error}"))
             return
+        samples = sum(max(c.samples, 0) for c, _ in entries.values())
         for member, (contribution, future) in entries.items():
             future.set_result(
                 ExchangeOutcome(
@@ -112,16 +113,15 @@ class InProcessGroup:
 
     def _average(
         self, contributions: dict[int, Contribution]
-    ) -> tuple[list[torch.Tensor], int, dict[int, list[torch.Tensor] | None]]:
-        """(the weighted average, total samples, per member what goes back to its error feedback)."""
-        total = sum(max(c.samples, 0) for c in contributions.values())
+    ) -> tuple[list[torch.Tensor], dict[int, list[torch.Tensor] | None]]:
+        """(the weighted average, per member what goes back to its error feedback)."""
         decoded = self._decode(list(contributions.values()))
         update = [torch.zeros(tuple(part.shape), dtype=torch.float32) for part in decoded[0]]
         weights = sample_weights([c.samples for c in contributions.values()])
         for weight, tensors in zip(weights, decoded):
             for target, sparse in zip(update, tensors):
                 sparse.add_into(target, alpha=weight)
-        return update, total, {}
+        return update, {}
 
     def _decode(self, contributions: list[Contribution]) -> list[list[SparseTensorUpdate]]:
         first = self._decoder.decode_sparse(contributions[0].payload, expect=self.shapes)
