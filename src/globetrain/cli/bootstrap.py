@@ -49,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache-dir", default="", help="clip cache folder for --eval-data (default ~/.cache/globetrain/clips)")
     parser.add_argument("--address-file", default="", help="write the join addresses here too (default RUN_DIR/addresses)")
     parser.add_argument("--no-live", action="store_true", help="print one line per round instead of a live table")
+    parser.add_argument("--round-models", action="store_true",
+                        help="keep the global model after every round in RUN_DIR/round_models (a diagnostic: "
+                             "python -m globetrain.validation.round_curve evaluates them)")
     parser.add_argument("--quiet", action="store_true", help="no per-round log lines")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help=f"any run or network setting, sections {', '.join(RUN_SECTIONS)}, network "
@@ -77,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     config = BootstrapConfig(
         run_dir=args.run_dir, start_delay_s=args.start_delay, eval_data=args.eval_data, eval_every_s=args.eval_every,
         eval_clips=args.eval_clips, address_file=args.address_file, live=not args.no_live, cache_dir=args.cache_dir,
+        round_models=args.round_models,
     )
     spec, run_config = build_run(
         method=args.method, class_names=_class_names(args), overrides=overrides,

@@ -42,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache-dir", default="", help="clip cache folder for every process (default ~/.cache/globetrain/clips)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="a run setting passed to the bootstrap (sections fleet, sync, training, model, data)")
+    parser.add_argument("--round-models", action="store_true",
+                        help="the bootstrap keeps every round's global model (OUT/bootstrap/round_models); "
+                             "python -m globetrain.validation.round_curve OUT evaluates them")
     parser.set_defaults(handler=run)
 
 
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         devices=args.devices, out=args.out, method=args.method, preset=args.preset,
         target_accuracy=-1.0 if args.target_accuracy is None else args.target_accuracy,
         time_budget_s=-1.0 if args.time_budget is None else args.time_budget,
-        seed=args.seed, data=args.data, cache_dir=args.cache_dir,
+        seed=args.seed, data=args.data, cache_dir=args.cache_dir, round_models=args.round_models,
     )
     with StopSignals() as signals:
         return DemoRun(config, signals, Console(stderr=True), args.set).run()

@@ -365,8 +365,10 @@ class LeaderService:
         total_samples = sum(max(item.samples, 0) for item in accepted)
         self.rounds_led += 1
         log.info(
-            "[%s round %d] leader: averaged %d contributions (%d samples) for %d listeners, %d bytes",
+            "[%s round %d] leader: averaged %d contributions (%d samples) for %d listeners, %d bytes; "
+            "samples/norm per sender: %s",
             self.name, round_index, len(accepted), total_samples, listeners, len(payload),
+            ", ".join(f"{item.name} {item.samples}/{item.norm:.3g}" for item in accepted),
         )
         return self._seal(round_index, info, payload, total_samples)
 

@@ -90,19 +90,25 @@ class InProcessGroup:
             for future in futures:
                 future.set_exception(ExchangeFailed(f"round {round_index}: {failure}"))
             return
+        # An empty payload is a member that only listens this round (``submit_round(contribute=False)``).
+        contributing = {member: contribution for member, (contribution, _) in entries.items() if contribution.payload}
+        if not contributing:
+            for future in futures:
+                future.set_exception(ExchangeFailed(f"round {round_index}: every member only listened"))
+            return
         try:
-            update, returned = self._average({member: contribution for member, (contribution, _) in entries.items()})
+            update, returned = self._average(contributing)
         except CorruptPayload as error:
             for future in futures:
                 future.set_exception(ExchangeFailed(f"round {round_index}: corrupt contribution: {error}"))
             return
-        samples = sum(max(c.samples, 0) for c, _ in entries.values())
+        samples = sum(max(c.samples, 0) for c in contributing.values())
         for member, (contribution, future) in entries.items():
             future.set_result(
                 ExchangeOutcome(
                     round=round_index,
                     update=update,
-                    contributors=len(entries),
+                    contributors=len(contributing),
                     samples=samples,
                     returned=returned.get(member),
                     bytes_sent=len(contribution.payload),

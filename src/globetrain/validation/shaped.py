@@ -38,6 +38,7 @@ from rich.console import Console
 from globetrain.errors import ConfigError, GlobetrainError
 from globetrain.fleet.app.signals import EXIT_INTERRUPTED, StopSignals
 from globetrain.netlab import support_problem
+from globetrain.validation.round_curve import evaluate_rounds, write_round_curve
 from globetrain.validation.shaped_case import Case, ShapedSettings, analyze_case, recording_from_report, run_case
 from globetrain.validation.shaped_report import headline, plot_shaped
 
@@ -67,6 +68,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-training", type=float, default=None,
                         help=f"shaped cases run at least this long (default {defaults.min_training_s:g})")
     parser.add_argument("--seed", type=int, default=None, help="seed of data, model and jitter (default 0)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="a run setting on top of the recipe's, for every case (e.g. --set training.restricted_softmax=true)")
+    parser.add_argument("--round-models", action="store_true",
+                        help="keep every round's global model and evaluate each case round by round afterwards "
+                             "(RUNS/CASE/round_curve.json and .png; a diagnostic of falls between evaluations)")
     parser.add_argument("--quick", action="store_true",
                         help="2 devices on the debug recipe, 30 s per case: a check of the harness, not a result")
     parser.add_argument("--replot", action="store_true", help="only redraw OUT/shaped.png from OUT/shaped.json")
@@ -82,6 +88,10 @@ def settings_from(args: argparse.Namespace) -> ShapedSettings:
                        ("budget", "time_budget_s"), ("min_training", "min_training_s"), ("seed", "seed")):
         if getattr(args, flag) is not None:
             values[name] = getattr(args, flag)
+    if args.round_models:
+        values["round_models"] = True
+    if args.set:
+        values["run_settings"] = tuple(args.set)
     return ShapedSettings(**values)
 
 
@@ -144,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 recording = run_case(case, settings, runs, signals=signals, console=console)
                 results[case.name] = analyze_case(case, recording, settings)
+                if settings.round_models and not signals.stopped:
+                    results[case.name]["round_curve"] = round_curve_of(recording.out, console)
             except Exception as error:  # noqa: BLE001 - one failed case is reported; the others still run
                 detail = str(error) if isinstance(error, GlobetrainError) else traceback.format_exc()
                 results[case.name] = {"case": case.name, "method": case.method, "shaped": case.shaped, "error": detail}
@@ -154,6 +166,19 @@ def main(argv: list[str] | None = None) -> int:
     _print_headline(console, report)
     console.print(f"report: {out / 'shaped.json'}, {out / 'shaped.png'}")
     return EXIT_INTERRUPTED if signals.stopped else 0
+
+
+def round_curve_of(run: Path, console: Console) -> dict[str, Any]:
+    """The case evaluated round by round (``round_curve``): its largest falls, and where its file is."""
+    try:
+        report = evaluate_rounds(run, None, console)
+    except Exception as error:  # noqa: BLE001 - the case's own numbers stand without its round curve
+        return {"error": f"{type(error).__name__}: {error}"}
+    written = write_round_curve(run, report)
+    return {key: report[key] for key in ("largest_fall_in_one_round", "largest_fall_within_two_rounds")} | {
+        "file": str(written),
+        "rounds_lacking_a_device": sum(1 for point in report["rounds"] if point["listened_in_those"]),
+    }
 
 
 def reanalyze(out: Path, runs: Path, console: Console) -> int:

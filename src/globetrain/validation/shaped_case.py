@@ -58,6 +58,13 @@ class ShapedSettings(ConfigSection):
         120.0, help="shaped cases run at least this long, so the profile's changes (60 s, 90 s) are observed")
     seed: int = field(0, help="seed of the data, the model and the relays' jitter")
     byte_tolerance: float = field(0.10, help="interface counters vs reported bytes: allowed relative difference")
+    round_models: bool = field(
+        False,
+        help="the bootstrap keeps every round's global model; each case is then evaluated round by round (round_curve)",
+    )
+    run_settings: tuple[str, ...] = field(
+        (), help="run settings on top of the recipe's, as SECTION.FIELD=VALUE (globetrain demo --set)"
+    )
     counter_every_s: float = field(
         0.5,
         help=(
@@ -75,6 +82,8 @@ class ShapedSettings(ConfigSection):
         require(self.min_training_s >= 0, name, "min_training_s", self.min_training_s, "seconds >= 0")
         require(0 < self.byte_tolerance < 1, name, "byte_tolerance", self.byte_tolerance, "a fraction in (0, 1)")
         require(self.counter_every_s > 0, name, "counter_every_s", self.counter_every_s, "seconds > 0")
+        require(all(isinstance(item, str) and "=" in item for item in self.run_settings), name, "run_settings",
+                self.run_settings, "SECTION.FIELD=VALUE strings")
 
     def network(self, shaped: bool) -> NetworkProfile:
         profile = fleet_profile(resolve_profile(self.profile), self.devices)
@@ -134,7 +143,8 @@ def run_case(case: Case, settings: ShapedSettings, out_root: Path, *, signals: S
     if out.exists():
         shutil.rmtree(out)
     demo = DemoConfig(devices=settings.devices, out=str(out), method=case.method, preset=settings.preset,
-                      target_accuracy=settings.target_accuracy, time_budget_s=settings.time_budget_s, seed=settings.seed)
+                      target_accuracy=settings.target_accuracy, time_budget_s=settings.time_budget_s, seed=settings.seed,
+                      round_models=settings.round_models)
     notes: list[str] = []
     error: str | None = None
     exit_code: int | None = None
@@ -148,7 +158,8 @@ def run_case(case: Case, settings: ShapedSettings, out_root: Path, *, signals: S
             # time.time: round 0 is published as Unix time, and the schedule counts from it.
             schedule = Schedule(profile, lab, relays, clock=time.time)
             run = ValidationRun(
-                demo, signals, console, children=PlacedChildGroup(placements_for(hosts, settings.devices)),
+                demo, signals, console, settings.run_settings,
+                children=PlacedChildGroup(placements_for(hosts, settings.devices)),
                 at_round_zero=[_schedule_runner(schedule, threads)],
                 min_training_s=settings.min_training_s if case.shaped else 0.0,
             )

@@ -36,7 +36,7 @@ def processes(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def finished_demo(processes: Processes) -> Path:
     out = processes.directory / "out"
-    demo = processes.start("demo", ["demo", "--preset", "debug", "--devices", "3", "--out", str(out)])
+    demo = processes.start("demo", ["demo", "--preset", "debug", "--devices", "3", "--out", str(out), "--round-models"])
     code = demo.wait(timeout=3 * LIVENESS_TIMEOUT_S)
     assert code == 0, demo.output()[-4000:]
     return out
@@ -63,6 +63,25 @@ def test_every_device_wrote_round_lines_with_the_fields_the_simulator_reads(fini
     run = read_demo_run(finished_demo)  # checks every round line's fields and types
     assert run.devices == 3 and run.total_samples > 0
     assert any(row["status"] == "applied" for row in rounds)
+
+
+def test_the_round_curve_evaluates_every_kept_round_model_as_the_bootstrap_did(finished_demo: Path, processes: Processes):
+    kept = sorted((finished_demo / "bootstrap" / "round_models").glob("round-*.pt"))
+    assert len(kept) >= 2
+    result = subprocess.run(
+        [sys.executable, "-m", "globetrain.validation.round_curve", str(finished_demo), "--threads", "1"],
+        capture_output=True, text=True, timeout=LIVENESS_TIMEOUT_S, env=processes.environment(),
+    )
+    assert result.returncode == 0, result.stderr
+    curve = json.loads((finished_demo / "round_curve.json").read_text())
+    assert [point["round"] for point in curve["rounds"]] == [int(path.stem.split("-")[1]) for path in kept]
+    assert (finished_demo / "round_curve.png").stat().st_size > 0
+    # The bootstrap evaluated the same global model at some rounds, on the same (whole) split.
+    by_round = {point["round"]: point["val_accuracy"] for point in curve["rounds"]}
+    evaluated = [row for row in lines(finished_demo / "bootstrap" / "metrics.jsonl", "evaluation") if row["round"] in by_round]
+    assert evaluated
+    for row in evaluated:
+        assert by_round[row["round"]] == pytest.approx(row["val_accuracy"], abs=1e-3), row
 
 
 def test_classify_accepts_the_demo_checkpoint(finished_demo: Path, processes: Processes):

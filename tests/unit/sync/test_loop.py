@@ -178,6 +178,35 @@ def test_in_process_group_averages_weighted_by_samples_up_to_the_median_and_keep
     assert all(torch.equal(a, b) for loop in loops[1:] for a, b in zip(loops[0].global_params, loop.global_params))
 
 
+def test_in_process_group_averages_only_the_members_that_contributed() -> None:
+    group = InProcessGroup(3)
+    models = [make_model() for _ in range(3)]
+    loops = [SyncLoop(m, None, group.exchange(i), plain_config(apply_delay=0), device_index=i) for i, m in enumerate(models)]
+    start = [p.detach().clone() for p in models[0].parameters()]
+    drifts = []
+    for index, (model, loop) in enumerate(zip(models, loops)):
+        nudge(model, torch.Generator().manual_seed(200 + index))
+        drifts.append([s - p.detach() for s, p in zip(start, model.parameters())])
+        loop.count_step(4)
+    loops[0].submit_round(contribute=False)
+    for loop in loops[1:]:
+        loop.submit_round()
+    outcomes = [loop.apply_due(wait=False) for loop in loops]
+    assert [[(a.status, a.contributors, a.samples) for a in applied] for applied in outcomes] == [[("applied", 2, 8)]] * 3
+    expected = [s - (drifts[1][i] + drifts[2][i]) / 2 for i, s in enumerate(start)]
+    for loop in loops:
+        for value, want in zip(loop.global_params, expected):
+            torch.testing.assert_close(value, want, rtol=0, atol=1e-6)
+
+
+def test_in_process_round_where_every_member_listens_fails_for_all() -> None:
+    group = InProcessGroup(2)
+    loops = [SyncLoop(make_model(), None, group.exchange(i), plain_config(apply_delay=0), device_index=i) for i in range(2)]
+    for loop in loops:
+        loop.submit_round(contribute=False)
+    assert [[a.status for a in loop.apply_due(wait=False)] for loop in loops] == [["failed"], ["failed"]]
+
+
 def test_state_dict_round_trip_restores_global_model_and_outer_momentum() -> None:
     exchange = ManualExchange()
     loop = SyncLoop(make_model(), None, exchange, SyncConfig(apply_delay=0, density=0.5, outer_momentum=0.9, nesterov=True))

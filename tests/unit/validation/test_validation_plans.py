@@ -1,4 +1,4 @@
-"""The fault plan, the restart command, the profile cuts and the process placement (no processes)."""
+"""The fault plan, the restart command, the profile cuts, the process placement and the shaped run's settings (no processes)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from globetrain.netlab import validation_profile
 from globetrain.validation.fault_plan import churn_count, plan_faults, resume_argv
 from globetrain.validation.fleet_in_lab import PEER_PORT, RELAY_PORT, Placement, host_for_process
 from globetrain.validation.lab_profiles import device_index, fleet_profile, rate_drops, unshaped
+from globetrain.validation.shaped import parse_arguments, settings_from
+from globetrain.validation.shaped_case import ShapedSettings
 
 # -- fault plan -------------------------------------------------------------------------------------------
 
@@ -137,3 +139,17 @@ def test_full_disk_evidence_counts_warnings_and_crashed_writers():
     ])
     assert full_disk_evidence(log) == {"full_disk_lines": 2, "checkpoint_writer_crashes": 1}
     assert full_disk_evidence("") == {"full_disk_lines": 0, "checkpoint_writer_crashes": 0}
+
+
+def test_shaped_command_line_carries_run_settings_and_round_models_into_its_settings():
+    args = parse_arguments(["--set", "training.restricted_softmax=true", "--set", "sync.density=0.01", "--round-models"])
+    settings = settings_from(args)
+    assert settings.run_settings == ("training.restricted_softmax=true", "sync.density=0.01")
+    assert settings.round_models is True
+    assert ShapedSettings.from_dict(settings.to_dict()) == settings
+    assert settings_from(parse_arguments([])).run_settings == ()
+
+
+def test_a_run_setting_without_a_value_is_refused():
+    with pytest.raises(ConfigError, match="run_settings"):
+        ShapedSettings(run_settings=("training.restricted_softmax",))

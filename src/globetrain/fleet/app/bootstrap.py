@@ -26,6 +26,7 @@ from globetrain.fleet.app.checkpoints import CHECKPOINT_NAME, FleetCheckpointer
 from globetrain.fleet.app.evaluator import GlobalModelEvaluator, spread_subset
 from globetrain.fleet.app.fleet_view import FleetView, take_snapshot
 from globetrain.fleet.app.round_metrics import RoundRecorder
+from globetrain.fleet.app.round_models import ROUND_MODELS_DIR, RoundModels
 from globetrain.fleet.app.signals import StopSignals
 from globetrain.fleet.app.spec import IncompatibleRun, VideoRunSpec, label_map
 from globetrain.fleet.config import FleetNetworkConfig
@@ -56,6 +57,13 @@ class BootstrapConfig(ConfigSection):
     threads: int = field(1, help="torch threads (evaluation); 1 leaves the cores to devices on the same machine")
     live: bool = field(True, help="a live fleet table when the output is a terminal (else a line per round)")
     cache_dir: str = field("", help="clip cache folder for the evaluation data (default: ~/.cache/globetrain/clips)")
+    round_models: bool = field(
+        False,
+        help=(
+            f"keep the global model after every round in RUN_DIR/{ROUND_MODELS_DIR} (4 bytes a parameter each), "
+            "for a per-round accuracy curve: python -m globetrain.validation.round_curve"
+        ),
+    )
 
     def __post_init__(self) -> None:
         name = "bootstrap"
@@ -160,6 +168,7 @@ class BootstrapRuntime:
             self.run_dir / CHECKPOINT_NAME, spec=self.spec, run_config=self.run_config, run_id=self.keys.run_id_hex,
             data_root=config.eval_data or "devices' own data", name="bootstrap",
         )
+        round_models = RoundModels(self.run_dir / ROUND_MODELS_DIR) if config.round_models else None
         # The bootstrap writes ``fleet`` lines; its recorder keeps byte counts and its roster record.
         recorder = RoundRecorder(name="bootstrap", node=node, writer=None, trainer=None)
         driver: RoundDriver
@@ -175,6 +184,8 @@ class BootstrapRuntime:
             metrics.write({"event": "fleet", "t": round(time.time(), 3), **dataclasses.asdict(snapshot),
                            "compression": snapshot.compression, "applied": report["applied"]})
             view.update(snapshot)
+            if round_models is not None:
+                round_models.keep(round_index, loop.global_params)
             if round_index % config.checkpoint_every_rounds == 0:
                 checkpointer.save_in_background(checkpointer.snapshot(loop, global_samples=driver.global_samples, local_state=None))
 

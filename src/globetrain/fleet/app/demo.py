@@ -81,6 +81,7 @@ class DemoConfig(ConfigSection):
     seed: int = field(0, help="seed of the synthetic dataset and the model's initial weights")
     data: str = field("", help="dataset folder to use instead of the generated synthetic set")
     cache_dir: str = field("", help="clip cache folder of every process (default: ~/.cache/globetrain/clips)")
+    round_models: bool = field(False, help="the bootstrap keeps every round's global model (bootstrap/round_models)")
 
     def __post_init__(self) -> None:
         name = "demo"
@@ -186,6 +187,8 @@ class DemoRun:
         ]
         if config.cache_dir:
             bootstrap += ["--cache-dir", config.cache_dir]
+        if config.round_models:
+            bootstrap.append("--round-models")
         self.children.start("bootstrap", bootstrap, log_path=boot_dir / "bootstrap.log", env=env)
         for index, name in enumerate(self.names):
             run_dir = self.out / "devices" / name

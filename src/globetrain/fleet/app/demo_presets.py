@@ -95,6 +95,12 @@ DEFAULT = DemoPreset(
         # the fleet's sample count: cosine decay over the ~45k clips a 220 s budget trains
         # (~210 clips/s for 4 devices on this machine; measured: decaying over 30k left the
         # last 80 s at the floor, plateaued at 86-87%).
+        # Plain cross-entropy, not training.restricted_softmax: with it one device skipping
+        # rounds no longer tilts the global model (plain lost 29 points within two rounds of
+        # one absent device in the lab), but the middle of training is slower (easy classes
+        # outscore the rest until every device's classes are told apart: 8 devices in the lab
+        # reached 80 % after 284-300 s vs 172-253 s plain; 93 % with 4 devices after 198 s
+        # vs 166 s; docs/validation.md, runs P-R).
         "training": {"optimizer": "adamw", "learning_rate": 4e-3, "batch_size": 4, "warmup_steps": 50,
                      "decay_samples": 45000, "min_lr_fraction": 0.05},
     },

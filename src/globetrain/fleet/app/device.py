@@ -196,7 +196,8 @@ class DeviceRuntime:
             samples, source, frames=spec.model.frames, batch_size=spec.training.batch_size, training=True,
             seed=zlib.crc32(f"{spec.training.seed}/{self.name}".encode()), prefetch_batches=config.prefetch_batches,
         )
-        trainer = LocalTrainer(model, loader.endless(), spec.training, global_samples=lambda: driver.global_samples)
+        trainer = LocalTrainer(model, loader.endless(), spec.training, global_samples=lambda: driver.global_samples,
+                               local_classes={sample.label for sample in samples})
 
         method = get_method(run_config.method)
         shapes = [tuple(p.shape) for p in model.parameters() if p.requires_grad]

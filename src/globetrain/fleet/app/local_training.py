@@ -4,14 +4,25 @@
 device's clip loader (cache and background prefetch), forward, backward, an inner
 optimizer step with the run's warm-up, and the count of samples. It also measures the
 seconds spent in steps and the loss, which the per-round metrics report.
+
+With ``training.restricted_softmax`` the local loss is a softmax over the classes the
+device's own data has (the restricted softmax of FedRS, Li and Zhan, KDD 2021, with the
+missing classes left out). Plain cross-entropy on a label-skewed shard drives every class
+the device never sees down; the fleet's average cancels those pushes only while every
+device takes part, so a device that skips rounds (a slow link makes its contributions
+rarer) tilts the global model toward the others' classes. Measured in the lab: 0.62 ->
+0.33 validation accuracy within two rounds of one device's absence, 0.69 when it
+returned; in one process with a device that contributes every 4th round, falls of 0.15
+and 0.24 between two rounds, 0.02 and 0.04 restricted (``benchmarks/outer_lr_scaling.py``).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
+import torch
 from torch import nn
 
 from globetrain.fleet.app.spec import LocalTrainingConfig
@@ -29,8 +40,13 @@ class LocalTrainer:
         training: LocalTrainingConfig,
         *,
         global_samples: Callable[[], int] = lambda: 0,
+        local_classes: Collection[int] | None = None,
     ) -> None:
+        """``local_classes``: the labels of the device's own data (the restricted softmax's
+        classes; ``None`` or an empty set: every class counts as present)."""
         self.model = model
+        self.local_classes = set(local_classes or ())
+        self._absent: torch.Tensor | None = None
         self.global_samples = global_samples
         """The fleet's sample count (the learning-rate schedule's clock, the same on every device)."""
         self.batches = batches
@@ -68,7 +84,7 @@ class LocalTrainer:
         started = time.perf_counter()
         batch = next(self.batches)
         self._set_learning_rate()
-        loss = nn.functional.cross_entropy(self.model(batch.clips), batch.labels)
+        loss = nn.functional.cross_entropy(self._restricted(self.model(batch.clips), batch.labels), batch.labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -79,6 +95,22 @@ class LocalTrainer:
         self.loss_sum += float(loss.detach()) * count
         self.compute_seconds += time.perf_counter() - started
         return count
+
+    def _restricted(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if not self.training.restricted_softmax or not self.local_classes:
+            return logits
+        labelled = {int(label) for label in labels.tolist()}
+        if not labelled <= self.local_classes:
+            # A label the caller did not declare is the device's own data all the same.
+            self.local_classes |= labelled
+            self._absent = None
+        if self._absent is None or self._absent.numel() != logits.shape[1]:
+            absent = torch.ones(logits.shape[1], dtype=torch.bool)
+            absent[[c for c in self.local_classes if 0 <= c < logits.shape[1]]] = False
+            self._absent = absent
+        # Left out of the softmax: the bias gradient sums to zero over the device's own
+        # classes, so no group of classes moves up or down as a whole.
+        return logits.masked_fill(self._absent, float("-inf"))
 
     def take_counters(self) -> tuple[int, int, float, float | None]:
         """(steps, samples, compute seconds, mean loss) since the previous call; resets them."""

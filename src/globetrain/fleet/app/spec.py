@@ -59,6 +59,14 @@ class LocalTrainingConfig(ConfigSection):
     momentum: float = field(0.9, help="SGD momentum (ignored by AdamW)")
     batch_size: int = field(16, help="clips per inner step")
     seed: int = field(0, help="seed of the initial weights: every device starts from the same model")
+    restricted_softmax: bool = field(
+        False,
+        help=(
+            "a device's local loss is a softmax over the classes its own data has (the others' logits are left "
+            "out), so it never pushes the classes it lacks down and the global model does not tilt when a device "
+            "skips rounds; for label-skewed devices (a device needs 2 or more classes to learn anything)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         name = "training"
@@ -71,6 +79,7 @@ class LocalTrainingConfig(ConfigSection):
         require(0 <= self.momentum < 1, name, "momentum", self.momentum, "a number in [0, 1)")
         require(isinstance(self.batch_size, int) and self.batch_size >= 1, name, "batch_size", self.batch_size, "an integer >= 1")
         require(isinstance(self.seed, int) and self.seed >= 0, name, "seed", self.seed, "an integer >= 0")
+        require(isinstance(self.restricted_softmax, bool), name, "restricted_softmax", self.restricted_softmax, "true or false")
 
     def train_config(self) -> TrainConfig:
         """The single-machine section with the same optimizer settings (for ``make_optimizer``)."""
