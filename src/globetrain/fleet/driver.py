@@ -3,7 +3,11 @@
 The fleet's rounds are windows of wall-clock time (``RoundClock``), not counts of steps:
 a device computes inner steps until its round's deadline, then submits what it did
 (H = the steps it managed; the average is weighted by samples), applies what is due and
-goes on. Stragglers never hold the others up: a slow device just does fewer steps.
+goes on. Stragglers never hold the others up: a slow device just does fewer steps. A
+device whose link is too slow for its contribution to reach the leader within the
+collection window submits a little before the deadline (the QoS's ``submit_lead``) and
+computes on: those steps count for its next round, and it applies what is due at the
+deadline as everyone does.
 
 The driver also gets a device in step and keeps it there:
 
@@ -52,7 +56,7 @@ class RoundDriver:
         stop: threading.Event | None = None,
         on_round: Callable[[dict[str, Any]], None] | None = None,
         max_steps_per_round: int | None = None,
-        contribute_when: Callable[[], bool] | None = None,
+        submit_lead: Callable[[], float] | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.node = node
@@ -62,8 +66,8 @@ class RoundDriver:
         self.stop = stop or threading.Event()
         self.on_round = on_round
         self.max_steps_per_round = max_steps_per_round
-        # QoS on a slow link: contribute only every k-th round (listen in between).
-        self.contribute_when = contribute_when
+        # QoS on a slow link: submit this many seconds before the round ends (and go on computing).
+        self.submit_lead = submit_lead
         self.now = now
         self.global_samples = 0
         self.resyncs = 0
@@ -122,15 +126,21 @@ class RoundDriver:
                 still_collecting = self.now() < self.clock.collection_deadline(round_index) - 0.1 * self.clock.period
                 self._boundary(contribute=self._contributes() and still_collecting, note="late")
                 continue
-            self._compute_until(self.clock.end_of(round_index))
+            end = self.clock.end_of(round_index)
+            lead = self._lead()
+            self._compute_until(end - lead)
             if self.stop.is_set():
                 return
-            self._boundary(contribute=self._contributes(), note="")
+            self._boundary(contribute=self._contributes(), note="early" if lead > 0 else "", apply_at=end if lead > 0 else None)
 
     def _contributes(self) -> bool:
-        if self.train_step is None or self.loop.steps_in_round <= 0:
-            return False
-        return self.contribute_when is None or self.contribute_when()
+        return self.train_step is not None and self.loop.steps_in_round > 0
+
+    def _lead(self) -> float:
+        """Seconds before the round's end to submit at: the QoS's lead, within [0, half a period]."""
+        if self.submit_lead is None or self.train_step is None:
+            return 0.0
+        return min(max(float(self.submit_lead()), 0.0), 0.5 * self.clock.period)
 
     def _compute_until(self, deadline: float) -> None:
         steps = 0
@@ -149,9 +159,13 @@ class RoundDriver:
                 return
             self.stop.wait(min(remaining, 0.5))
 
-    def _boundary(self, *, contribute: bool, note: str) -> RoundReport:
+    def _boundary(self, *, contribute: bool, note: str, apply_at: float | None = None) -> RoundReport:
         report = self.loop.submit_round(contribute=contribute)
-        self.loop.apply_due(wait=True, report=report)
+        if apply_at is not None:
+            # Submitted early: the steps until the round's end count for the next round, and the
+            # aggregate due now falls due at the round's end as for everyone else.
+            self._compute_until(apply_at)
+        self.loop.apply_due(wait=not self.stop.is_set(), report=report)
         diverged_round = None
         for applied in report.applied:
             if applied.status == "applied":

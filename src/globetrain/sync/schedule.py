@@ -155,12 +155,15 @@ class AdaptiveSchedule:
         uplink_bytes_per_s: float | None,
         rtt_s: float | None,
         max_inner_steps: int,
+        extra_budget_s: float = 0.0,
         warn_if_too_slow: bool = True,
     ) -> RoundSettings:
         """The settings this schedule would choose on the given link, H at most ``max_inner_steps``.
 
         ``settings_for`` asks about the link the measurements estimate; a caller may ask about
-        another one (the fleet's QoS: the link its latest exchange alone saw).
+        another one (the fleet's QoS: the link its latest exchange alone saw), and give the
+        exchange ``extra_budget_s`` beyond the compute it overlaps (the fleet's QoS: a device
+        that submits ahead of the round's end).
         """
         sync, qos = self.sync, self.qos
         max_steps = max(qos.min_inner_steps, max_inner_steps)
@@ -173,9 +176,38 @@ class AdaptiveSchedule:
             return RoundSettings(sync.inner_steps, sync.density, sync.bits, "qos off")
         if self.step_seconds is None or uplink_bytes_per_s is None:
             return RoundSettings(base_steps, default_density, default_bits, "no measurements yet")
-        steps_options = _doubling(base_steps, max_steps)
-        for steps in steps_options:
-            budget = steps * self.step_seconds * qos.fit_fraction
+        fitting = self.fitting_settings(
+            uplink_bytes_per_s=uplink_bytes_per_s, rtt_s=rtt_s, max_inner_steps=max_steps, extra_budget_s=extra_budget_s
+        )
+        if fitting is not None:
+            return fitting
+        density, bits = self.candidates[-1]
+        steps = _doubling(base_steps, max_steps)[-1]
+        needed = self._exchange_seconds(density, bits, uplink_bytes_per_s, rtt_s)
+        if warn_if_too_slow:
+            log.warning(
+                "link too slow for any setting: exchange needs %.2fs but H=%d gives %.2fs of compute; "
+                "rounds will wait on the network (raise qos.max_inner_steps or lower qos.min_density)",
+                needed,
+                steps,
+                steps * self.step_seconds + extra_budget_s,
+            )
+        return RoundSettings(steps, density, bits, f"leanest setting; exchange {needed:.2f}s exceeds compute")
+
+    def fitting_settings(
+        self, *, uplink_bytes_per_s: float, rtt_s: float | None, max_inner_steps: int, extra_budget_s: float = 0.0
+    ) -> RoundSettings | None:
+        """The smallest H (doubling from the base) with the richest payload whose exchange fits; None if none does.
+
+        Needs a step time measured (``step_seconds``); without one nothing is known to fit.
+        """
+        if self.step_seconds is None:
+            return None
+        qos = self.qos
+        max_steps = max(qos.min_inner_steps, max_inner_steps)
+        base_steps = min(max(self.sync.inner_steps, qos.min_inner_steps), max_steps)
+        for steps in _doubling(base_steps, max_steps):
+            budget = steps * self.step_seconds * qos.fit_fraction + extra_budget_s
             for density, bits in self.candidates:
                 needed = self._exchange_seconds(density, bits, uplink_bytes_per_s, rtt_s)
                 if needed <= budget:
@@ -186,18 +218,7 @@ class AdaptiveSchedule:
                         f"exchange {needed:.2f}s fits {budget:.2f}s of compute "
                         f"(uplink {uplink_bytes_per_s * 8 / 1e6:.2f} Mbit/s, rtt {1000 * (rtt_s or 0):.0f} ms)",
                     )
-        density, bits = self.candidates[-1]
-        steps = steps_options[-1]
-        needed = self._exchange_seconds(density, bits, uplink_bytes_per_s, rtt_s)
-        if warn_if_too_slow:
-            log.warning(
-                "link too slow for any setting: exchange needs %.2fs but H=%d gives %.2fs of compute; "
-                "rounds will wait on the network (raise qos.max_inner_steps or lower qos.min_density)",
-                needed,
-                steps,
-                steps * self.step_seconds,
-            )
-        return RoundSettings(steps, density, bits, f"leanest setting; exchange {needed:.2f}s exceeds compute")
+        return None
 
 
 def _doubling(start: int, limit: int) -> list[int]:

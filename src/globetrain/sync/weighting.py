@@ -2,8 +2,10 @@
 
 FedAvg weights a device by its samples because, there, more samples mean more data. In
 a fleet that adapts H per device, more samples behind one contribution mostly mean more
-rounds: a device on a slow link contributes the drift of 2-8 rounds at once (the QoS
-makes its contributions rarer), and that drift already carries those rounds' steps.
+rounds: a device contributes the drift of several rounds at once after rounds it missed
+(a contribution that came after the leader closed, a device behind the fleet's clock;
+until 2026-12-04 also the fleet's QoS, which made slow links contribute every 2-8
+rounds), and that drift already carries those rounds' steps.
 Weighting it by its samples as well counts them twice, and lets one device's non-IID
 drift dominate the average: in shaped validation run K a device contributing 7 rounds
 at once held 53 % of an average of 6, and validation fell 35 points within two

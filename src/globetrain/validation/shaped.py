@@ -126,11 +126,13 @@ def write_report(out: Path, settings: ShapedSettings, cases: dict[str, dict[str,
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     console = Console(stderr=True)
-    if args.reanalyze:
-        return reanalyze(Path(args.out), Path(args.runs_dir), console)
-    if args.replot:
-        report = json.loads((Path(args.out) / "shaped.json").read_text())
-        plot_shaped(report["cases"], Path(args.out) / "shaped.png", target_accuracy=report["settings"]["target_accuracy"])
+    if args.reanalyze or args.replot:
+        earlier = earlier_report(Path(args.out), console)
+        if earlier is None:
+            return 2
+        if args.reanalyze:
+            return reanalyze(Path(args.out), Path(args.runs_dir), console, earlier)
+        plot_shaped(earlier["cases"], Path(args.out) / "shaped.png", target_accuracy=earlier["settings"]["target_accuracy"])
         return 0
     try:
         settings = settings_from(args)
@@ -181,8 +183,24 @@ def round_curve_of(run: Path, console: Console) -> dict[str, Any]:
     }
 
 
-def reanalyze(out: Path, runs: Path, console: Console) -> int:
-    report = json.loads((out / "shaped.json").read_text())
+def earlier_report(out: Path, console: Console) -> dict[str, Any] | None:
+    """OUT/shaped.json of an earlier run, or None after saying why there is none to use."""
+    path = out / "shaped.json"
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        console.print(f"[red]no {path}[/]: --reanalyze and --replot redo an earlier run's report; run without them first, with the same --out")
+        return None
+    except (OSError, json.JSONDecodeError) as error:
+        console.print(f"[red]cannot read {path}[/] ({error}): run again without --reanalyze/--replot to write a new one")
+        return None
+    if not isinstance(report, dict) or not isinstance(report.get("cases"), dict) or "settings" not in report:
+        console.print(f"[red]{path} is not a report of this harness[/] (no cases or settings): run again without --reanalyze/--replot")
+        return None
+    return report
+
+
+def reanalyze(out: Path, runs: Path, console: Console, report: dict[str, Any]) -> int:
     settings = ShapedSettings.from_dict(report["settings"])
     for name, case in report["cases"].items():
         if "profile" not in case:

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from globetrain.errors import ConfigError
-from globetrain.fleet.app.qos import MEASUREMENT_WINDOW, RoundPeriodSchedule, cautious_estimate, qos_for_run
+from globetrain.fleet.app.qos import MEASUREMENT_WINDOW, RoundPeriodSchedule, cautious_estimate
 from globetrain.fleet.app.run_keys import bootstrap_run_keys, device_run_keys
 from globetrain.fleet.config import FleetConfig
 from globetrain.fleet.keys import RUN_KEY_ENV
@@ -45,7 +45,11 @@ def test_the_environment_wins_and_a_missing_key_says_where_to_put_it(tmp_path: P
 
 
 def schedule(sync: SyncConfig, fleet: FleetConfig) -> RoundPeriodSchedule:
-    return RoundPeriodSchedule(sync, qos_for_run(sync, fleet), make_payload_estimator(SHAPES))
+    return RoundPeriodSchedule.for_run(sync, fleet, make_payload_estimator(SHAPES))
+
+
+MAX_LEAD = 0.5 * 0.25 * 5.0
+"""Half the collection window of FleetConfig(round_period_s=5.0)."""
 
 
 def test_on_a_fast_link_a_device_sends_the_runs_settings_every_round():
@@ -55,33 +59,66 @@ def test_on_a_fast_link_a_device_sends_the_runs_settings_every_round():
         plan.note_round_steps(10)
         plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=1e8, rtt_s=0.001))
     settings = plan.settings_for(3)
-    assert (settings.density, settings.bits) == (0.01, 8)
-    assert plan.rounds_per_contribution(settings) == 1
+    assert (settings.density, settings.bits, settings.inner_steps) == (0.01, 8, 10)
+    assert plan.submit_lead_s == 0.0
     assert "fits" in settings.reason
 
 
-@given(st.floats(min_value=10.0, max_value=1e9))
-def test_qos_never_sends_richer_than_the_run_and_contributes_at_least_every_eighth_round(uplink):
+@given(st.floats(min_value=10.0, max_value=1e9), st.floats(min_value=0.0, max_value=2.0))
+def test_qos_never_sends_richer_than_the_run_and_contributes_every_round_at_most_half_a_window_early(uplink, rtt):
     sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
     plan = schedule(sync, fleet)
     plan.note_round_steps(10)
-    plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=uplink, rtt_s=0.01))
+    plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=uplink, rtt_s=rtt))
     settings = plan.settings_for(1)
     assert settings.density <= 0.01 and settings.bits <= 8
-    assert 1 <= plan.rounds_per_contribution(settings) <= 8
+    assert settings.inner_steps == 10
+    assert 0.0 <= plan.submit_lead_s <= MAX_LEAD
+    # Early only where nothing fits at the round's end.
+    at_end = plan.adaptive.fitting_settings(uplink_bytes_per_s=uplink, rtt_s=rtt, max_inner_steps=10)
+    assert (plan.submit_lead_s > 0) == (at_end is None)
 
 
-def test_a_slow_link_gets_leaner_payloads_then_rarer_contributions():
+def test_a_slow_link_gets_leaner_payloads_then_earlier_submissions_never_rarer_ones():
     sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
     plan = schedule(sync, fleet)
     plan.note_round_steps(10)
     plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=300.0, rtt_s=0.05))
     lean = plan.settings_for(1)
     assert lean.density < 0.01 or lean.bits < 8
+    assert plan.submit_lead_s == 0.0
     for _ in range(3):  # a lasting drop: the median follows within a few rounds
         plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=20.0, rtt_s=0.05))
-    rare = plan.settings_for(2)
-    assert plan.rounds_per_contribution(rare) > 1
+    early = plan.settings_for(2)
+    assert early.inner_steps == 10 and plan.submit_lead_s == MAX_LEAD
+    assert "early" in early.reason
+
+
+def test_round_trips_that_fill_the_window_move_the_submission_earlier():
+    # As in the shaped lab: a 0.1 Mbit/s device whose round trips grew to 0.45 s needs
+    # 2.5 x 0.45 s before its envelope is at the leader, more than its 1 s budget (T = 5 s);
+    # half a window early, a lean payload fits.
+    sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
+    plan = schedule(sync, fleet)
+    plan.note_round_steps(10)
+    observe(plan, 12_500.0, rtt=0.45, times=3)
+    settings = plan.settings_for(3)
+    assert plan.submit_lead_s == MAX_LEAD and "fits" in settings.reason
+    observe(plan, 12_500.0, rtt=0.05, times=3)  # the round trips recover: back to the round's end
+    assert "fits" in plan.settings_for(6).reason and plan.submit_lead_s == 0.0
+
+
+def test_a_link_too_slow_even_early_sends_the_leanest_payload_every_round_and_warns_once(caplog):
+    sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
+    plan = schedule(sync, fleet)
+    plan.note_round_steps(10)
+    observe(plan, 1.0, rtt=2.0, times=3)
+    with caplog.at_level("WARNING"):
+        first, second = plan.settings_for(3), plan.settings_for(4)
+    for settings in (first, second):
+        assert (settings.density, settings.bits) == (plan.qos.min_density, min(plan.qos.bits_choices))
+        assert settings.inner_steps == 10 and plan.submit_lead_s == MAX_LEAD
+    assert len([r for r in caplog.records if "too slow for the collection window" in r.getMessage()]) == 1
 
 
 def observe(plan: RoundPeriodSchedule, uplink: float, rtt: float = 0.001, times: int = 1) -> None:
@@ -103,10 +140,10 @@ def test_one_outlier_measurement_makes_one_round_leaner_and_none_rarer():
     observe(plan, 10.0)
     outlier = plan.settings_for(3)
     assert payload_of(outlier) < payload_of(SyncConfig(density=0.01, bits=8))
-    assert plan.rounds_per_contribution(outlier) == 1 and "until confirmed" in outlier.reason
+    assert plan.submit_lead_s == 0.0 and "until confirmed" in outlier.reason
     observe(plan, 1e8)
     after = plan.settings_for(4)
-    assert (after.density, after.bits, plan.rounds_per_contribution(after)) == (0.01, 8, 1)
+    assert (after.density, after.bits, plan.submit_lead_s) == (0.01, 8, 0.0)
 
 
 def test_a_tenfold_drop_makes_the_payload_leaner_at_once_and_two_rounds_confirm_it():
@@ -137,7 +174,7 @@ def test_a_round_trip_that_alone_got_slower_also_makes_one_round_leaner():
     observe(plan, 3000.0, rtt=0.5)
     slower = plan.settings_for(6)
     assert payload_of(slower) < payload_of(before)
-    assert plan.rounds_per_contribution(slower) == plan.rounds_per_contribution(before)
+    assert plan.submit_lead_s == 0.0  # one signal: leaner, never earlier
 
 
 @given(st.lists(st.tuples(st.floats(min_value=0.75, max_value=1.45), st.floats(min_value=0.75, max_value=1.45)), min_size=6, max_size=12))
@@ -151,7 +188,8 @@ def test_jitter_of_less_than_twofold_never_changes_the_payload_alone(swings):
         observe(plan, 125_000.0 * uplink_swing, rtt=0.4 * rtt_swing)
         chosen = plan.settings_for(1)
         assert "until confirmed" not in chosen.reason
-        assert (chosen.density, chosen.bits) == (plan.adaptive.settings_for(1).density, plan.adaptive.settings_for(1).bits)
+        by_estimates, _lead = plan.settings_on_link(1, plan.adaptive.uplink_bytes_per_s, plan.adaptive.rtt_s)
+        assert (chosen.density, chosen.bits) == (by_estimates.density, by_estimates.bits)
 
 
 @given(
@@ -159,7 +197,7 @@ def test_jitter_of_less_than_twofold_never_changes_the_payload_alone(swings):
     st.floats(min_value=1.0, max_value=1e9),
     st.floats(min_value=0.0, max_value=2.0),
 )
-def test_a_single_measurement_never_makes_a_round_richer_or_rarer_than_the_estimates_choose(history, latest, rtt):
+def test_a_single_measurement_never_makes_a_round_richer_or_earlier_than_the_estimates_choose(history, latest, rtt):
     sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
     plan = schedule(sync, fleet)
     plan.note_round_steps(10)
@@ -167,9 +205,11 @@ def test_a_single_measurement_never_makes_a_round_richer_or_rarer_than_the_estim
         observe(plan, uplink, rtt=0.01)
     observe(plan, latest, rtt=rtt)
     chosen = plan.settings_for(len(history) + 1)
-    by_estimates = plan.adaptive.settings_for(len(history) + 1)
-    assert chosen.inner_steps == by_estimates.inner_steps
+    lead = plan.submit_lead_s
+    by_estimates, lead_by_estimates = plan.settings_on_link(len(history) + 1, plan.adaptive.uplink_bytes_per_s, plan.adaptive.rtt_s)
+    assert chosen.inner_steps == by_estimates.inner_steps == 10
     assert payload_of(chosen) <= payload_of(by_estimates)
+    assert lead == lead_by_estimates
 
 
 @given(st.lists(st.floats(min_value=1.0, max_value=1e9), min_size=1, max_size=12))
@@ -179,18 +219,3 @@ def test_the_cautious_estimate_lies_between_the_median_and_the_slower_side(value
     rtt = cautious_estimate(recent, slower_is_larger=True)
     median = statistics.median(recent)
     assert min(recent) <= uplink <= median <= rtt <= max(recent)
-
-
-def test_a_device_contributing_every_second_round_goes_leaner_after_one_slow_exchange():
-    # Its exchanges come every second round: one of them already spans the two rounds
-    # that confirm a slower link for a device contributing every round.
-    sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
-    plan = schedule(sync, fleet)
-    plan.note_round_steps(10)
-    for _ in range(5):
-        plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=100.0, rtt_s=0.05))
-    before = plan.settings_for(5)
-    assert plan.rounds_per_contribution(before) == 2
-    plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=20.0, rtt_s=0.05))
-    after = plan.settings_for(7)
-    assert plan.rounds_per_contribution(after) > 2 or (after.density, after.bits) < (before.density, before.bits)

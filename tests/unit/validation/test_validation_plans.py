@@ -11,7 +11,7 @@ from globetrain.netlab import validation_profile
 from globetrain.validation.fault_plan import churn_count, plan_faults, resume_argv
 from globetrain.validation.fleet_in_lab import PEER_PORT, RELAY_PORT, Placement, host_for_process
 from globetrain.validation.lab_profiles import device_index, fleet_profile, rate_drops, unshaped
-from globetrain.validation.shaped import parse_arguments, settings_from
+from globetrain.validation.shaped import main, parse_arguments, settings_from
 from globetrain.validation.shaped_case import ShapedSettings
 
 # -- fault plan -------------------------------------------------------------------------------------------
@@ -153,3 +153,13 @@ def test_shaped_command_line_carries_run_settings_and_round_models_into_its_sett
 def test_a_run_setting_without_a_value_is_refused():
     with pytest.raises(ConfigError, match="run_settings"):
         ShapedSettings(run_settings=("training.restricted_softmax",))
+
+
+@pytest.mark.parametrize("flag", ["--reanalyze", "--replot"])
+@pytest.mark.parametrize("content, says", [(None, "run without them first"), ("{not json", "cannot read"), ("[]", "not a report")])
+def test_redoing_a_report_that_is_not_there_says_what_to_run_instead(tmp_path, capsys, flag, content, says):
+    if content is not None:
+        (tmp_path / "shaped.json").write_text(content)
+    assert main([flag, "--out", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert says in " ".join(capsys.readouterr().err.split())
+    assert sorted(path.name for path in tmp_path.iterdir()) == ([] if content is None else ["shaped.json"])

@@ -35,7 +35,7 @@ from globetrain.errors import ConfigError
 from globetrain.fleet.app.checkpoints import CHECKPOINT_NAME, FleetCheckpointer, load_resume_checkpoint
 from globetrain.fleet.app.local_training import LocalTrainer
 from globetrain.fleet.app.names import refuse_taken_name, yield_shared_name
-from globetrain.fleet.app.qos import RoundPeriodSchedule, qos_for_run
+from globetrain.fleet.app.qos import RoundPeriodSchedule
 from globetrain.fleet.app.round_metrics import RoundRecorder
 from globetrain.fleet.app.signals import StopSignals
 from globetrain.fleet.app.spec import VideoRunSpec, check_model, check_software, label_map
@@ -124,8 +124,6 @@ class DeviceRuntime:
         self.signals = signals
         self.name = config.resolved_name
         self.run_dir = config.resolved_run_dir
-        self.rounds_waiting = 0
-        """Rounds this device listened to since its last contribution (QoS on slow links)."""
 
     def run(self) -> int:
         config = self.config
@@ -203,9 +201,7 @@ class DeviceRuntime:
         shapes = [tuple(p.shape) for p in model.parameters() if p.requires_grad]
         schedule = None
         if method.adaptive:
-            schedule = RoundPeriodSchedule(
-                run_config.sync, qos_for_run(run_config.sync, run_config.fleet, self.qos), make_payload_estimator(shapes)
-            )
+            schedule = RoundPeriodSchedule.for_run(run_config.sync, run_config.fleet, make_payload_estimator(shapes), self.qos)
         loop = SyncLoop(model, trainer.optimizer, node.make_exchange(shapes), run_config.sync, schedule=schedule,
                         name=self.name, device_index=device_index)
         checkpointer = FleetCheckpointer(
@@ -223,20 +219,16 @@ class DeviceRuntime:
             line = recorder.record(report)
             if schedule is not None:
                 schedule.note_round_steps(line["inner_steps"])
-            self.rounds_waiting = 0 if line["contributed"] else self.rounds_waiting + (line["inner_steps"] > 0)
             if line["round"] % config.checkpoint_every_rounds == 0 and line["note"] != "catch-up":
                 checkpointer.save_in_background(
                     checkpointer.snapshot(loop, global_samples=driver.global_samples, local_state=trainer.state_dict(),
                                           buffers_from=model)
                 )
 
-        def contribute_now() -> bool:
-            return schedule is None or self.rounds_waiting + 1 >= schedule.rounds_per_contribution(loop.settings)
-
         driver = RoundDriver(
             node, loop, train_step=trainer.step, stop=self.signals.event, on_round=on_round,
             max_steps_per_round=None if method.adaptive else run_config.sync.inner_steps,
-            contribute_when=contribute_now,
+            submit_lead=None if schedule is None else (lambda: schedule.submit_lead_s),
         )
         if resumed is not None:
             driver.global_samples = resumed["global_samples"]

@@ -7,38 +7,45 @@ a round actually yields and turns its choice into what a device can do:
 
 - density and bits: used as chosen, within the run's bounds (the run's ``sync.density``
   and ``sync.bits`` are the richest a device sends; QoS only goes leaner);
-- H: when even the leanest payload does not fit in one round, the schedule asks for a
-  multiple of a round's steps; the device then contributes every k-th round and only
-  listens in between (its progress stays in its local model and goes with the next
-  contribution), which is "rarer syncs" on time-based rounds.
+- H: always one round's steps. A device contributes every round: "rarer syncs" cannot
+  help here, because a contribution sent every k-th round must still reach the leader
+  within that round's collection window, and a k-fold payload only arrives later
+  (measured in the shaped lab, run Q: the device cut to 0.1 Mbit/s chose every 2nd-4th
+  round with 18 KB payloads, three of them arrived after the window closed, and the
+  rounds it was missing from tilted the label-skewed model: 0.62 -> 0.33 in two rounds);
+- instead, when even the leanest payload does not fit in the window, the device submits
+  *earlier*: ``submit_lead_s`` seconds before the round ends (at most half the window,
+  which the leaders accept as clock skew) while it goes on computing. The steps after
+  the submission count for the next round, so no compute is lost and its rounds stay T
+  long, only shifted; the aggregate it applies still falls due at the round's end.
 
 The budget is what the protocol allows: a contribution must reach the round's leader
-within the collection window (``fleet.collection_window`` x T after the round ends).
+within the collection window (``fleet.collection_window`` x T after the round ends), plus
+the lead when the device submits early.
 
 Two speeds, as in AIMD congestion control: one signal makes the next payload leaner, only
-a confirmed one makes contributions rarer, and richer comes slowly.
+a confirmed one moves the submission earlier, and richer comes slowly.
 
 - The estimates the schedule sees are the median of the last few rounds' measurements:
   one exchange's ack timing also includes how long the leader's busy CPU took to answer,
   so single rounds swing by orders of magnitude on a loaded machine (measured on loopback:
   0.01 to 700 Mbit/s in consecutive rounds). When the exchanges of the last
   ``CONFIRMING_ROUNDS`` rounds all saw a slower link (uplink or round trip) than the
-  median, that worse value counts at once; a device that contributes every k-th round
-  measures once per k rounds, so fewer exchanges confirm (one for k >= 2).
+  median, that worse value counts at once.
 - The latest exchange alone: when it saw the link at least ``SUDDEN_SLOWDOWN`` times
   slower than the estimates (uplink, or round trip), the next round's payload is the one
-  that would fit on that link (same H: never rarer on one signal). A tenfold drop thus
-  shows in the first payload compressed after its first exchange was measured, without
-  waiting for a second; an outlier costs one leaner round (fewer values sent, the rest
-  kept in error feedback for the next), not a lasting change. Smaller swings (a relay's
-  jitter, a busy leader) go through the median only: otherwise a device whose budget is
-  nearly all round trips would change its payload every other round.
+  that would fit on that link (at the same lead: never earlier on one signal). A tenfold
+  drop thus shows in the first payload compressed after its first exchange was measured,
+  without waiting for a second; an outlier costs one leaner round (fewer values sent, the
+  rest kept in error feedback for the next), not a lasting change. Smaller swings (a
+  relay's jitter, a busy leader) go through the median only: otherwise a device whose
+  budget is nearly all round trips would change its payload every other round.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import logging
 import statistics
 from collections import deque
 from collections.abc import Callable
@@ -47,8 +54,23 @@ from globetrain.fleet.config import FleetConfig
 from globetrain.sync.config import QoSConfig, SyncConfig
 from globetrain.sync.schedule import AdaptiveSchedule, RoundObservation, RoundSettings
 
-ROUNDS_PER_CONTRIBUTION_MAX = 8
-"""On the slowest links a device contributes at least every this many rounds."""
+log = logging.getLogger(__name__)
+
+SPARE = 0.8
+"""Of the time an exchange has (the collection window, plus a lead), the part it may plan to use."""
+MAX_LEAD_FRACTION_OF_WINDOW = 0.5
+"""A device submits at most this part of the collection window before its round ends.
+
+Leaders accept contributions from a whole window before the round's end (``LeaderService``
+refuses earlier ones as a clock ahead); half of it leaves the other half for clock skew."""
+ROUND_TRIPS_TO_LEADER = 2.5
+"""Round trips before a contribution is at its leader: the stream's protocol negotiation,
+the ping that measures the RTT, and half a round trip for the envelope itself.
+
+What must fit in the collection window ends there: the ack and the aggregate come later.
+``QoSConfig.round_trips`` (4) counts an all-reduce's matchmaking and two phases, which
+the fleet does not have; with it, a device 0.6 s of RTT away (the lab's 3G fallback after
+the delays doubled) found no payload fitting even half a window early."""
 MEASUREMENT_WINDOW = 5
 """Rounds of uplink and round-trip measurements the schedule sees the median of."""
 CONFIRMING_ROUNDS = 2
@@ -66,7 +88,8 @@ def qos_for_run(sync: SyncConfig, fleet: FleetConfig, base: QoSConfig | None = N
         min_density=min(base.min_density, sync.density),
         bits_choices=bits,
         # A contribution must arrive within the collection window; keep a fifth of it spare.
-        fit_fraction=min(base.fit_fraction, 0.8 * fleet.collection_window),
+        fit_fraction=min(base.fit_fraction, SPARE * fleet.collection_window),
+        round_trips=min(base.round_trips, ROUND_TRIPS_TO_LEADER),
         min_inner_steps=1,
         max_inner_steps=max(base.max_inner_steps, 1),
     )
@@ -75,20 +98,31 @@ def qos_for_run(sync: SyncConfig, fleet: FleetConfig, base: QoSConfig | None = N
 class RoundPeriodSchedule:
     """A ``RoundSchedule`` for time-based rounds, delegating the choice to ``AdaptiveSchedule``."""
 
-    def __init__(self, sync: SyncConfig, qos: QoSConfig, payload_bytes: Callable[[float, int], int]) -> None:
+    def __init__(
+        self, sync: SyncConfig, qos: QoSConfig, payload_bytes: Callable[[float, int], int], *, max_lead_s: float = 0.0
+    ) -> None:
+        """``max_lead_s``: how long before its round's end a device may submit (0: never early)."""
         self.sync = sync
         self.qos = qos
+        self.max_lead_s = max(float(max_lead_s), 0.0)
         self.adaptive = AdaptiveSchedule(sync, qos, payload_bytes)
         self.recent_steps: deque[int] = deque(maxlen=5)
         self.recent_uplinks: deque[float] = deque(maxlen=MEASUREMENT_WINDOW)
         self.recent_rtts: deque[float] = deque(maxlen=MEASUREMENT_WINDOW)
-        self.base_steps = sync.inner_steps
-        """The base H of the latest ``settings_for`` (one round's steps): k rounds per contribution = H / base."""
-        self.latest_rounds_per_contribution = 1
-        """k of the latest ``settings_for``: measurements come once per k rounds."""
+        self.submit_lead_s = 0.0
+        """Of the latest ``settings_for``: submit this long before the round ends (0: at its end)."""
         self.latest_uplink: float | None = None
         self.latest_rtt: float | None = None
         """What the latest measured exchange alone saw (``leaner_for_latest``)."""
+        self._warned_too_slow = False
+
+    @classmethod
+    def for_run(
+        cls, sync: SyncConfig, fleet: FleetConfig, payload_bytes: Callable[[float, int], int], base: QoSConfig | None = None
+    ) -> RoundPeriodSchedule:
+        """The schedule of a device in this run: its bounds from ``qos_for_run``, its lead from the window."""
+        max_lead = MAX_LEAD_FRACTION_OF_WINDOW * fleet.seconds(fleet.collection_window)
+        return cls(sync, qos_for_run(sync, fleet, base), payload_bytes, max_lead_s=max_lead)
 
     def note_round_steps(self, steps: int) -> None:
         """Inner steps the device computed in one round's window (the driver's H)."""
@@ -103,62 +137,97 @@ class RoundPeriodSchedule:
 
     def settings_for(self, round_index: int) -> RoundSettings:
         steps = self.steps_per_round
-        self.base_steps = steps
-        # The schedule's base H is one round's worth of steps; doubling it means rarer syncs.
+        # H is one round's worth of steps, never a multiple (see the module's docstring).
         self.adaptive.sync = self.sync.replace(inner_steps=steps)
-        self.adaptive.qos = self.qos.replace(max_inner_steps=max(steps * ROUNDS_PER_CONTRIBUTION_MAX, 1))
-        settings = self.leaner_for_latest(round_index, self.adaptive.settings_for(round_index))
-        self.latest_rounds_per_contribution = self.rounds_per_contribution(settings)
+        self.adaptive.qos = self.qos.replace(max_inner_steps=steps)
+        estimate = self.adaptive
+        settings, lead = self.settings_on_link(round_index, estimate.uplink_bytes_per_s, estimate.rtt_s)
+        settings, lead = self.leaner_for_latest(round_index, settings, lead)
+        self.submit_lead_s = lead
         return settings
 
-    def leaner_for_latest(self, round_index: int, settings: RoundSettings) -> RoundSettings:
-        """``settings``, or a leaner payload at the same H if the latest exchange alone saw a much slower link."""
+    def settings_on_link(self, round_index: int, uplink: float | None, rtt: float | None) -> tuple[RoundSettings, float]:
+        """Settings and lead on a link: the richest payload that fits at the round's end, else early.
+
+        Early means ``max_lead_s`` before the end: the richest payload that fits then, or the
+        leanest one (with a warning) when none does.
+        """
+        estimate, steps = self.adaptive, self.adaptive.sync.inner_steps
+        if uplink is None or estimate.step_seconds is None or not self.qos.enabled or round_index < self.sync.dense_warmup_rounds:
+            # Nothing measured yet (or QoS off, or a dense warm-up): the schedule's defaults, at the round's end.
+            return estimate.settings_on_link(
+                round_index, uplink_bytes_per_s=uplink, rtt_s=rtt, max_inner_steps=steps, warn_if_too_slow=False
+            ), 0.0
+        at_end = estimate.fitting_settings(uplink_bytes_per_s=uplink, rtt_s=rtt, max_inner_steps=steps)
+        if at_end is not None:
+            self._warned_too_slow = False
+            return at_end, 0.0
+        lead = self.max_lead_s
+        early = estimate.fitting_settings(
+            uplink_bytes_per_s=uplink, rtt_s=rtt, max_inner_steps=steps, extra_budget_s=SPARE * lead
+        )
+        if early is None:
+            self._warn_too_slow(uplink, rtt)
+            density, bits = estimate.candidates[-1]
+            early = RoundSettings(steps, density, bits, "leanest setting; its exchange does not fit the window")
+        if lead <= 0:
+            return early, 0.0
+        return dataclasses.replace(early, reason=f"submitted {lead:.1f}s early: {early.reason}"), lead
+
+    def leaner_for_latest(self, round_index: int, settings: RoundSettings, lead: float) -> tuple[RoundSettings, float]:
+        """``settings``, or a leaner payload at the same lead if the latest exchange alone saw a much slower link."""
         estimate = self.adaptive
-        if estimate.uplink_bytes_per_s is None or self.latest_uplink is None:
-            return settings
+        if estimate.uplink_bytes_per_s is None or estimate.step_seconds is None or self.latest_uplink is None:
+            return settings, lead
         uplink, rtt = estimate.uplink_bytes_per_s, estimate.rtt_s or 0.0
         latest_rtt = self.latest_rtt or 0.0
         sudden_uplink = self.latest_uplink * SUDDEN_SLOWDOWN <= uplink
         sudden_rtt = latest_rtt > 0 and latest_rtt >= SUDDEN_SLOWDOWN * rtt
         if not (sudden_uplink or sudden_rtt):
-            return settings
+            return settings, lead
         uplink = self.latest_uplink if sudden_uplink else uplink
         rtt = latest_rtt if sudden_rtt else rtt
         on_latest = estimate.settings_on_link(
-            round_index, uplink_bytes_per_s=uplink, rtt_s=rtt, max_inner_steps=settings.inner_steps, warn_if_too_slow=False
+            round_index, uplink_bytes_per_s=uplink, rtt_s=rtt, max_inner_steps=settings.inner_steps,
+            extra_budget_s=SPARE * lead, warn_if_too_slow=False,
         )
         payload = estimate.payload_bytes
         if payload(on_latest.density, on_latest.bits) >= payload(settings.density, settings.bits):
-            return settings
-        return RoundSettings(
+            return settings, lead
+        leaner = RoundSettings(
             settings.inner_steps,
             on_latest.density,
             on_latest.bits,
             f"latest exchange alone saw a much slower link, leaner until confirmed: {on_latest.reason}",
         )
+        return leaner, lead
 
     def observe(self, observation: RoundObservation) -> None:
         if observation.uplink_bytes_per_s is not None and observation.uplink_bytes_per_s > 0:
             self.recent_uplinks.append(observation.uplink_bytes_per_s)
-            # The latest measured exchange stands until the next one: a device contributing
-            # every k-th round keeps what its last exchange saw through the rounds between.
+            # The latest measured exchange stands until the next one.
             self.latest_uplink, self.latest_rtt = observation.uplink_bytes_per_s, None
         if observation.rtt_s is not None and observation.rtt_s >= 0:
             self.recent_rtts.append(observation.rtt_s)
             self.latest_rtt = observation.rtt_s
-        # Measurements come once per contribution: confirm over rounds, not over exchanges.
-        confirming = max(1, math.ceil(CONFIRMING_ROUNDS / self.latest_rounds_per_contribution))
         self.adaptive.observe(
             dataclasses.replace(
                 observation,
-                uplink_bytes_per_s=cautious_estimate(self.recent_uplinks, slower_is_larger=False, confirming=confirming),
-                rtt_s=cautious_estimate(self.recent_rtts, slower_is_larger=True, confirming=confirming),
+                uplink_bytes_per_s=cautious_estimate(self.recent_uplinks, slower_is_larger=False),
+                rtt_s=cautious_estimate(self.recent_rtts, slower_is_larger=True),
             )
         )
 
-    def rounds_per_contribution(self, settings: RoundSettings) -> int:
-        """Rounds per contribution the latest settings ask for (1 unless the link is too slow)."""
-        return min(max(1, round(settings.inner_steps / max(self.base_steps, 1))), ROUNDS_PER_CONTRIBUTION_MAX)
+    def _warn_too_slow(self, uplink: float, rtt: float | None) -> None:
+        if self._warned_too_slow:
+            return
+        self._warned_too_slow = True
+        log.warning(
+            "link too slow for the collection window even with the leanest payload submitted early "
+            "(uplink %.3f Mbit/s, rtt %.0f ms): contributions may arrive after the leader closed and go back into "
+            "error feedback; raise fleet.round_period_s or fleet.collection_window, or lower qos.min_density",
+            uplink * 8 / 1e6, 1000 * (rtt or 0.0),
+        )
 
 
 def cautious_estimate(
