@@ -69,6 +69,26 @@ def applied_at(rows: list[dict[str, Any]]) -> dict[int, list[int]]:
     return found
 
 
+def contributors_of(rows: list[dict[str, Any]]) -> dict[int, int]:
+    """Per aggregate round the bootstrap applied: how many contributions its aggregate holds."""
+    found: dict[int, int] = {}
+    for row in rows:
+        if row.get("event") == "fleet":
+            for applied in row.get("applied", []):
+                if applied.get("status") == "applied" and isinstance(applied.get("contributors"), int):
+                    found[int(applied["round"])] = applied["contributors"]
+    return found
+
+
+def left_out(aggregates: list[int], taking_part: dict[int, dict[str, Any]], contributors: dict[int, int]) -> int:
+    """Contributions sent to ``aggregates`` that are not in them (arrived after the leader closed, or refused)."""
+    missing = 0
+    for aggregate in aggregates:
+        if aggregate in contributors and aggregate in taking_part:
+            missing += max(len(taking_part[aggregate]["contributed"]) - contributors[aggregate], 0)
+    return missing
+
+
 def largest_fall(points: list[dict[str, Any]], *, span: int = 1) -> dict[str, Any] | None:
     """The largest drop of accuracy from a round to one at most ``span`` rounds later."""
     best: dict[str, Any] | None = None
@@ -127,6 +147,7 @@ def evaluate_rounds(run: Path, data: Path | None, console: Console) -> dict[str,
     rows = read_metrics(run / "metrics.jsonl") or read_metrics(boot / "metrics.jsonl")
     taking_part = participation(rows)
     applied = applied_at(rows)
+    contributors = contributors_of(rows)
     points = []
     with Progress(TextColumn("[bold]round models"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
@@ -140,7 +161,8 @@ def evaluate_rounds(run: Path, data: Path | None, console: Console) -> dict[str,
             aggregates = applied.get(round_index, [])
             listened = sorted({name for a in aggregates for name in taking_part.get(a, {}).get("listened", [])})
             points.append({"round": round_index, "val_accuracy": round(result.accuracy, 4), "val_loss": round(result.loss, 4),
-                           "aggregates_applied": aggregates, "listened_in_those": listened})
+                           "aggregates_applied": aggregates, "listened_in_those": listened,
+                           "contributions_left_out": left_out(aggregates, taking_part, contributors)})
             progress.advance(task)
     return {
         "run": str(run),
@@ -158,18 +180,27 @@ def plot_round_curve(report: dict[str, Any], path: Path) -> None:
     axis.plot([p["round"] for p in points], [p["val_accuracy"] for p in points], marker=".", color="tab:blue",
               label="global model after the round")
     absent = [p for p in points if p["listened_in_those"]]
-    axis.scatter([p["round"] for p in absent], [p["val_accuracy"] for p in absent], color="tab:red", zorder=3,
-                 label="its latest aggregate lacked a device (it only listened)")
+    if absent:
+        axis.scatter([p["round"] for p in absent], [p["val_accuracy"] for p in absent], color="tab:red", zorder=3,
+                     label="its latest aggregate lacked a device (it only listened)")
     for point in absent:
         names = ",".join(name.rsplit("-", 1)[-1] for name in point["listened_in_those"])
         axis.annotate(names, (point["round"], point["val_accuracy"]), textcoords="offset points", xytext=(0, -12),
                       ha="center", fontsize=7, color="tab:red")
+    late = [p for p in points if p.get("contributions_left_out")]
+    if late:
+        axis.scatter([p["round"] for p in late], [p["val_accuracy"] for p in late], color="tab:orange", marker="s",
+                     zorder=3, label="its latest aggregate left a contribution out (after the leader closed)")
+    for point in late:
+        axis.annotate(str(point["contributions_left_out"]), (point["round"], point["val_accuracy"]),
+                      textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7, color="tab:orange")
     axis.set_xlabel("round")
     axis.set_ylabel(f"validation accuracy ({report['clips']} clips)")
     axis.set_ylim(0, 1)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="lower right")
-    axis.set_title("the global model, round by round (red: device indices absent from the aggregate)", fontsize=9)
+    axis.set_title("the global model, round by round (red: device indices that only listened; orange: contributions "
+                   "left out)", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

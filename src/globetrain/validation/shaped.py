@@ -78,7 +78,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--replot", action="store_true", help="only redraw OUT/shaped.png from OUT/shaped.json")
     parser.add_argument("--reanalyze", action="store_true",
                         help="recompute OUT/shaped.json's numbers and plot from it and the runs in --runs-dir (no new runs); "
-                             "byte comparisons are kept where the report holds no counter samples")
+                             "byte comparisons are kept where the report holds no counter samples; cases with a round "
+                             "curve are evaluated round by round again")
     return parser.parse_args(argv)
 
 
@@ -179,7 +180,9 @@ def round_curve_of(run: Path, console: Console) -> dict[str, Any]:
     written = write_round_curve(run, report)
     return {key: report[key] for key in ("largest_fall_in_one_round", "largest_fall_within_two_rounds")} | {
         "file": str(written),
-        "rounds_lacking_a_device": sum(1 for point in report["rounds"] if point["listened_in_those"]),
+        "rounds_lacking_a_device": sum(
+            1 for point in report["rounds"] if point["listened_in_those"] or point.get("contributions_left_out")
+        ),
     }
 
 
@@ -210,6 +213,9 @@ def reanalyze(out: Path, runs: Path, console: Console, report: dict[str, Any]) -
         if not recording.counters:
             for kept in ("bytes", "bytes_all_within_tolerance", "bytes_ratio_range"):
                 fresh[kept] = case.get(kept)
+        if case.get("round_curve") is not None:
+            # Evaluated again from the kept round models: the curve's bookkeeping may be newer than the run.
+            fresh["round_curve"] = round_curve_of(recording.out, console)
         report["cases"][name] = fresh
     methods = list(report["methods"])
     report.update(headline(report["cases"], methods=methods, byte_tolerance=settings.byte_tolerance))

@@ -15,7 +15,15 @@ from globetrain.fleet.app.round_models import ROUND_MODELS_DIR, RoundModels, loa
 from globetrain.fleet.app.run_setup import build_run
 from globetrain.sync.inprocess import InProcessGroup
 from globetrain.sync.loop import SyncLoop
-from globetrain.validation.round_curve import RoundCurveError, applied_at, evaluate_rounds, largest_fall, participation
+from globetrain.validation.round_curve import (
+    RoundCurveError,
+    applied_at,
+    contributors_of,
+    evaluate_rounds,
+    largest_fall,
+    left_out,
+    participation,
+)
 from globetrain.video.actions import CLASS_NAMES
 
 
@@ -79,6 +87,25 @@ def test_participation_and_applied_rounds_come_from_the_metrics_lines() -> None:
     assert participation(rows) == {4: {"contributed": ["device-1"], "listened": ["device-0"]},
                                    5: {"contributed": ["device-1"], "listened": []}}
     assert applied_at(rows) == {5: [4]}
+
+
+def test_a_contribution_sent_but_not_in_the_aggregate_counts_as_left_out() -> None:
+    # Run Q's device-0 contributed to rounds whose leader had closed (stale-round): the
+    # aggregate then holds fewer contributions than the devices that sent one.
+    rows = [
+        {"event": "round", "device": "device-0", "round": 7, "contributed": True},
+        {"event": "round", "device": "device-1", "round": 7, "contributed": True},
+        {"event": "round", "device": "device-2", "round": 7, "contributed": False},
+        {"event": "round", "device": "device-0", "round": 8, "contributed": True},
+        {"event": "fleet", "round": 8, "applied": [{"round": 7, "status": "applied", "contributors": 1}]},
+        {"event": "fleet", "round": 9, "applied": [{"round": 8, "status": "applied", "contributors": 1},
+                                                  {"round": 6, "status": "failed", "contributors": 0}]},
+    ]
+    contributors, taking_part = contributors_of(rows), participation(rows)
+    assert contributors == {7: 1, 8: 1}
+    assert left_out([7], taking_part, contributors) == 1
+    assert left_out([8], taking_part, contributors) == 0
+    assert left_out([6, 5], taking_part, contributors) == 0  # nothing known: nothing claimed
 
 
 def test_largest_fall_looks_within_the_span_only() -> None:
