@@ -136,9 +136,10 @@ class AdaptiveSchedule:
     def exchange_seconds(self, density: float, bits: int) -> float:
         """Predicted exchange time of one round's payload on the measured link."""
         assert self.uplink_bytes_per_s is not None
-        return self._exchange_seconds(density, bits, self.uplink_bytes_per_s, self.rtt_s)
+        return self.exchange_seconds_on(density, bits, self.uplink_bytes_per_s, self.rtt_s)
 
-    def _exchange_seconds(self, density: float, bits: int, uplink_bytes_per_s: float, rtt_s: float | None) -> float:
+    def exchange_seconds_on(self, density: float, bits: int, uplink_bytes_per_s: float, rtt_s: float | None) -> float:
+        """Predicted exchange time of a payload at (density, bits) on the given link."""
         upload = self.qos.upload_factor * self.payload_bytes(density, bits)
         return (rtt_s or 0.0) * self.qos.round_trips + upload / uplink_bytes_per_s
 
@@ -183,7 +184,7 @@ class AdaptiveSchedule:
             return fitting
         density, bits = self.candidates[-1]
         steps = _doubling(base_steps, max_steps)[-1]
-        needed = self._exchange_seconds(density, bits, uplink_bytes_per_s, rtt_s)
+        needed = self.exchange_seconds_on(density, bits, uplink_bytes_per_s, rtt_s)
         if warn_if_too_slow:
             log.warning(
                 "link too slow for any setting: exchange needs %.2fs but H=%d gives %.2fs of compute; "
@@ -209,7 +210,7 @@ class AdaptiveSchedule:
         for steps in _doubling(base_steps, max_steps):
             budget = steps * self.step_seconds * qos.fit_fraction + extra_budget_s
             for density, bits in self.candidates:
-                needed = self._exchange_seconds(density, bits, uplink_bytes_per_s, rtt_s)
+                needed = self.exchange_seconds_on(density, bits, uplink_bytes_per_s, rtt_s)
                 if needed <= budget:
                     return RoundSettings(
                         steps,
