@@ -19,6 +19,8 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from globetrain.fleet.app.qos import UNCONFIRMED
+
 
 def time_to_target(evaluations: Iterable[Mapping[str, Any]], *, start_time: float, target: float) -> float | None:
     """Seconds from ``start_time`` to the first evaluation whose ``val_accuracy`` >= ``target``.
@@ -201,10 +203,13 @@ def adaptation_after(rounds: Sequence[Mapping[str, Any]], change_time: float) ->
     A rate drop asks for a smaller payload; a richer choice after it (a device whose
     settings swung before the drop, swinging back) is not an adaptation to it.
     Rounds without a QoS choice (H 0: catching up, stopped) neither count as the
-    baseline nor as a change.
+    baseline nor as a change, and neither does a round made leaner by one slow exchange alone.
     """
     chosen = [line for line in sorted(rounds, key=lambda line: float(line["t"])) if qos_choice(line)[0] > 0]
-    before = [line for line in chosen if float(line["t"]) < change_time]
+    # The baseline is what the device settled on: a round made leaner by one slow exchange
+    # alone just before the change (run W: device-0's exchange through a stalled leader)
+    # is an outlier, and comparing with it would hide the adaptation to the change.
+    before = [line for line in chosen if float(line["t"]) < change_time and UNCONFIRMED not in str(line.get("qos_reason", ""))]
     after = [line for line in chosen if _started_at_or_after(line, change_time)]
     baseline = payload_choice(before[-1]) if before else None
     for index, line in enumerate(after, start=1):

@@ -158,6 +158,17 @@ def test_the_round_in_progress_at_the_change_counts_neither_before_nor_after():
     assert adaptation.rounds_until_change == 2 and adaptation.adapted_within(2)
 
 
+def test_a_one_round_outlier_just_before_the_change_is_not_the_baseline():
+    # Run W: device-0's exchange through a stalled leader made the round before the cut the
+    # leanest, "until confirmed"; its settled choice (0.03, 8) is what the cut must change.
+    outlier = {**round_line(58.0, 1, density=0.0005, bits=4),
+               "qos_reason": "latest exchange alone saw a much slower link, leaner until confirmed: leanest setting"}
+    rounds = [round_line(50.0, 1), outlier, round_line(66.0, 1), round_line(74.0, 1, bits=4)]
+    adaptation = adaptation_after(rounds, change_time=60.0)
+    assert adaptation.before == (0.03, 8)
+    assert adaptation.rounds_until_change == 2 and adaptation.first_changed == (0.03, 4)
+
+
 def test_adaptation_sees_fewer_bits_as_a_change():
     rounds = [round_line(50.0, 1), round_line(65.0, 1, bits=4)]
     assert adaptation_after(rounds, change_time=60.0).first_changed == (0.03, 4)

@@ -57,6 +57,9 @@ from globetrain.sync.schedule import AdaptiveSchedule, RoundObservation, RoundSe
 
 log = logging.getLogger(__name__)
 
+UNCONFIRMED = "leaner until confirmed"
+"""In the reason of a round made leaner by one slow exchange alone (the analyses look for it)."""
+
 SPARE = 0.8
 """Of the time an exchange has (the collection window, plus a lead), the part it may plan to use."""
 MAX_LEAD_FRACTION_OF_WINDOW = 0.5
@@ -211,7 +214,7 @@ class RoundPeriodSchedule:
             settings.inner_steps,
             on_latest.density,
             on_latest.bits,
-            f"latest exchange alone saw a much slower link, leaner until confirmed: {on_latest.reason}",
+            f"latest exchange alone saw a much slower link, {UNCONFIRMED}: {on_latest.reason}",
         )
         return leaner, lead
 
