@@ -48,6 +48,13 @@ def schedule(sync: SyncConfig, fleet: FleetConfig) -> RoundPeriodSchedule:
     return RoundPeriodSchedule.for_run(sync, fleet, make_payload_estimator(SHAPES))
 
 
+def fresh_plan() -> RoundPeriodSchedule:
+    """A device of a run with density 0.01, 8 bits and T = 5 s that does 10 steps a round."""
+    plan = schedule(SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0))
+    plan.note_round_steps(10)
+    return plan
+
+
 MAX_LEAD = 0.5 * 0.25 * 5.0
 """Half the collection window of FleetConfig(round_period_s=5.0)."""
 
@@ -66,9 +73,7 @@ def test_on_a_fast_link_a_device_sends_the_runs_settings_every_round():
 
 @given(st.floats(min_value=10.0, max_value=1e9), st.floats(min_value=0.0, max_value=2.0))
 def test_qos_never_sends_richer_than_the_run_and_contributes_every_round_at_most_half_a_window_early(uplink, rtt):
-    sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
-    plan = schedule(sync, fleet)
-    plan.note_round_steps(10)
+    plan = fresh_plan()
     plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=uplink, rtt_s=rtt))
     settings = plan.settings_for(1)
     assert settings.density <= 0.01 and settings.bits <= 8
@@ -83,9 +88,7 @@ def test_qos_never_sends_richer_than_the_run_and_contributes_every_round_at_most
 
 
 def test_a_slow_link_gets_leaner_payloads_then_earlier_submissions_never_rarer_ones():
-    sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
-    plan = schedule(sync, fleet)
-    plan.note_round_steps(10)
+    plan = fresh_plan()
     plan.observe(RoundObservation(inner_steps=10, compute_seconds=5.0, uplink_bytes_per_s=300.0, rtt_s=0.05))
     lean = plan.settings_for(1)
     assert lean.density < 0.01 or lean.bits < 8
@@ -101,9 +104,7 @@ def test_round_trips_that_fill_the_window_move_the_submission_earlier():
     # As in the shaped lab: a 0.1 Mbit/s device whose round trips grew to 0.45 s needs
     # 2.5 x 0.45 s before its envelope is at the leader, more than its 1 s budget (T = 5 s);
     # half a window early, a lean payload fits.
-    sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
-    plan = schedule(sync, fleet)
-    plan.note_round_steps(10)
+    plan = fresh_plan()
     observe(plan, 12_500.0, rtt=0.45, times=3)
     settings = plan.settings_for(3)
     assert plan.submit_lead_s == MAX_LEAD and "fits" in settings.reason
@@ -114,9 +115,7 @@ def test_round_trips_that_fill_the_window_move_the_submission_earlier():
 
 def test_a_payload_that_fits_with_little_to_spare_goes_early_unchanged():
     # Run V: an 18 KB upload planned at 1.67 s of a 1.69 s budget took 4 s and was refused.
-    sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
-    plan = schedule(sync, fleet)
-    plan.note_round_steps(10)
+    plan = fresh_plan()
     observe(plan, 1e8, rtt=0.3, times=3)  # 0.75 s of round trips: fits a 1 s budget, but tightly
     settings = plan.settings_for(3)
     assert (settings.density, settings.bits) == (0.01, 8)
@@ -124,9 +123,7 @@ def test_a_payload_that_fits_with_little_to_spare_goes_early_unchanged():
 
 
 def test_a_link_too_slow_even_early_sends_the_leanest_payload_every_round_and_warns_once(caplog):
-    sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
-    plan = schedule(sync, fleet)
-    plan.note_round_steps(10)
+    plan = fresh_plan()
     observe(plan, 1.0, rtt=2.0, times=3)
     with caplog.at_level("WARNING"):
         first, second = plan.settings_for(3), plan.settings_for(4)
@@ -147,9 +144,7 @@ def payload_of(settings) -> int:
 
 def test_one_outlier_measurement_makes_one_round_leaner_and_none_rarer():
     # On a loaded machine one ack can take seconds; the next ones are fast again.
-    sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
-    plan = schedule(sync, fleet)
-    plan.note_round_steps(10)
+    plan = fresh_plan()
     observe(plan, 1e8, times=2)
     assert (plan.settings_for(2).density, plan.settings_for(2).bits) == (0.01, 8)
     observe(plan, 10.0)
@@ -164,9 +159,7 @@ def test_one_outlier_measurement_makes_one_round_leaner_and_none_rarer():
 def test_a_tenfold_drop_makes_the_payload_leaner_at_once_and_two_rounds_confirm_it():
     # After a long fast history the median of five would still say "fast" after two slow
     # rounds: the first slow exchange makes the next payload leaner, the second makes it count.
-    sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
-    plan = schedule(sync, fleet)
-    plan.note_round_steps(10)
+    plan = fresh_plan()
     observe(plan, 3000.0, times=5)
     before = plan.settings_for(5)
     observe(plan, 300.0)
@@ -181,9 +174,7 @@ def test_a_tenfold_drop_makes_the_payload_leaner_at_once_and_two_rounds_confirm_
 
 
 def test_a_round_trip_that_alone_got_slower_also_makes_one_round_leaner():
-    sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
-    plan = schedule(sync, fleet)
-    plan.note_round_steps(10)
+    plan = fresh_plan()
     observe(plan, 3000.0, rtt=0.05, times=5)
     before = plan.settings_for(5)
     observe(plan, 3000.0, rtt=0.5)
@@ -196,9 +187,7 @@ def test_a_round_trip_that_alone_got_slower_also_makes_one_round_leaner():
 def test_jitter_of_less_than_twofold_never_changes_the_payload_alone(swings):
     # A device whose budget is nearly all round trips (1 Mbit/s, 400 ms): a relay's jitter
     # around the link's true speed (here at most 1.45 / 0.75 = 1.93x apart) must not flip its payload by itself.
-    sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
-    plan = schedule(sync, fleet)
-    plan.note_round_steps(10)
+    plan = fresh_plan()
     for uplink_swing, rtt_swing in swings:
         observe(plan, 125_000.0 * uplink_swing, rtt=0.4 * rtt_swing)
         chosen = plan.settings_for(1)
@@ -213,9 +202,7 @@ def test_jitter_of_less_than_twofold_never_changes_the_payload_alone(swings):
     st.floats(min_value=0.0, max_value=2.0),
 )
 def test_a_single_measurement_never_makes_a_round_richer_or_earlier_than_the_estimates_choose(history, latest, rtt):
-    sync, fleet = SyncConfig(density=0.01, bits=8), FleetConfig(round_period_s=5.0)
-    plan = schedule(sync, fleet)
-    plan.note_round_steps(10)
+    plan = fresh_plan()
     for uplink in history:
         observe(plan, uplink, rtt=0.01)
     observe(plan, latest, rtt=rtt)
