@@ -195,6 +195,11 @@ class AdaptiveSchedule:
             )
         return RoundSettings(steps, density, bits, f"leanest setting; exchange {needed:.2f}s exceeds compute")
 
+    def budget_seconds(self, steps: int, extra_budget_s: float = 0.0) -> float:
+        """How long an exchange may take beside ``steps`` inner steps (needs ``step_seconds``)."""
+        assert self.step_seconds is not None
+        return steps * self.step_seconds * self.qos.fit_fraction + extra_budget_s
+
     def fitting_settings(
         self, *, uplink_bytes_per_s: float, rtt_s: float | None, max_inner_steps: int, extra_budget_s: float = 0.0
     ) -> RoundSettings | None:
@@ -208,7 +213,7 @@ class AdaptiveSchedule:
         max_steps = max(qos.min_inner_steps, max_inner_steps)
         base_steps = min(max(self.sync.inner_steps, qos.min_inner_steps), max_steps)
         for steps in _doubling(base_steps, max_steps):
-            budget = steps * self.step_seconds * qos.fit_fraction + extra_budget_s
+            budget = self.budget_seconds(steps, extra_budget_s)
             for density, bits in self.candidates:
                 needed = self.exchange_seconds_on(density, bits, uplink_bytes_per_s, rtt_s)
                 if needed <= budget:

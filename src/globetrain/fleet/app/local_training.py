@@ -11,10 +11,10 @@ missing classes left out). Plain cross-entropy on a label-skewed shard drives ev
 the device never sees down; the fleet's average cancels those pushes only while every
 device takes part, so a device that misses rounds (a slow link whose contributions come
 after the leader closed, a device that died) tilts the global model toward the others'
-classes. Measured in the lab: 0.62 ->
-0.33 validation accuracy within two rounds of one device's absence, 0.69 when it
-returned; in one process with a device that contributes every 4th round, falls of 0.15
-and 0.24 between two rounds, 0.02 and 0.04 restricted (``benchmarks/outer_lr_scaling.py``).
+classes. Measured in the lab: 0.62 -> 0.33 validation accuracy within two rounds of one
+device's absence, 0.69 when it returned; in one process with a device that contributes
+every 4th round, falls of 0.15 and 0.24 between two rounds, 0.02 and 0.04 restricted
+(``benchmarks/outer_lr_scaling.py``).
 """
 
 from __future__ import annotations

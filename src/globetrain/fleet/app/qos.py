@@ -175,8 +175,7 @@ class RoundPeriodSchedule:
         if at_end is not None:
             self._warned_too_slow = False
             needed = estimate.exchange_seconds_on(at_end.density, at_end.bits, uplink, rtt)
-            budget = steps * estimate.step_seconds * self.qos.fit_fraction
-            if lead <= 0 or needed <= EARLY_FOR_SLACK * budget:
+            if lead <= 0 or needed <= EARLY_FOR_SLACK * estimate.budget_seconds(steps):
                 return at_end, 0.0
             return dataclasses.replace(at_end, reason=f"submitted {lead:.1f}s early for slack: {at_end.reason}"), lead
         early = estimate.fitting_settings(

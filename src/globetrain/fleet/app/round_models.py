@@ -40,7 +40,7 @@ class RoundModels:
         temporary = path.with_name(f".{path.name}.tmp")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            torch.save([p.detach().clone() for p in parameters], temporary)
+            torch.save([p.detach() for p in parameters], temporary)  # written out at once: no copy needed
             os.replace(temporary, path)
         except OSError as error:
             self.failed = f"{type(error).__name__}: {error}"
